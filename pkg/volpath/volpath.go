@@ -1,0 +1,195 @@
+// Package volpath turns a claim and a StorageClass pathPattern into the
+// directory a volume gets below the export root, and refuses any result that
+// could leave it.
+package volpath
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits of what one directory path may be. NAME_MAX and PATH_MAX on Linux;
+// NFS servers enforce the same.
+const (
+	MaxSegmentBytes = 255
+	MaxPathBytes    = 4096
+)
+
+// ErrUnsafe is wrapped by every refusal of Validate, so callers can tell a
+// hostile or broken input from an infrastructure failure.
+var ErrUnsafe = errors.New("unsafe directory path")
+
+// Claim holds the values a pathPattern may refer to.
+type Claim struct {
+	Namespace   string
+	Name        string
+	UID         string
+	Labels      map[string]string
+	Annotations map[string]string
+	// PVName is the name of the PersistentVolume being provisioned.
+	PVName string
+}
+
+// pattern is the incumbent's expression, extended with ${.PV.name}.
+// Keys of labels and annotations may contain anything but "}", e.g. "app.kubernetes.io/name".
+var pattern = regexp.MustCompile(`\$\{\.(PVC|PV)\.((labels|annotations)\.(.*?)|.*?)\}`)
+
+// Expand substitutes every ${.PVC.*} and ${.PV.*} reference in tmpl. Unknown
+// references and missing labels or annotations become "", as in
+// nfs-subdir-external-provisioner; the result is not yet validated.
+func Expand(tmpl string, c Claim) string {
+	return pattern.ReplaceAllStringFunc(tmpl, func(ref string) string {
+		m := pattern.FindStringSubmatch(ref)
+		kind, field, group, key := m[1], m[2], m[3], m[4]
+		if kind == "PV" {
+			if field == "name" {
+				return c.PVName
+			}
+			return ""
+		}
+		switch group {
+		case "labels":
+			return c.Labels[key]
+		case "annotations":
+			return c.Annotations[key]
+		}
+		switch field {
+		case "namespace":
+			return c.Namespace
+		case "name":
+			return c.Name
+		case "uid":
+			return c.UID
+		}
+		return ""
+	})
+}
+
+// DefaultDir is the directory name used when a class has no pathPattern:
+// "<namespace>-<claim name>-<pv name>", as the incumbent names it.
+func DefaultDir(c Claim) string {
+	return c.Namespace + "-" + c.Name + "-" + c.PVName
+}
+
+// Resolve returns the validated directory, relative to the export root, for a
+// claim. An empty pattern, or one that expands to nothing at all, yields
+// DefaultDir, as in the incumbent.
+func Resolve(tmpl string, c Claim) (string, error) {
+	rel := DefaultDir(c)
+	if tmpl != "" {
+		if expanded := Expand(tmpl, c); expanded != "" {
+			rel = expanded
+		}
+	}
+	if err := Validate(rel); err != nil {
+		if tmpl != "" {
+			return "", fmt.Errorf("pathPattern %q gives %q: %w", tmpl, rel, err)
+		}
+		return "", err
+	}
+	return rel, nil
+}
+
+// Validate accepts only a relative path made of plain names: no empty, "." or
+// ".." segment, no leading or trailing "/", no NUL or control character, no
+// invalid UTF-8, within the length limits. Paths that filepath.Clean would
+// change are refused rather than cleaned, so what is checked is what is used.
+func Validate(rel string) error {
+	switch {
+	case rel == "":
+		return fmt.Errorf("%w: empty path", ErrUnsafe)
+	case len(rel) > MaxPathBytes:
+		return fmt.Errorf("%w: longer than %d bytes", ErrUnsafe, MaxPathBytes)
+	case strings.HasPrefix(rel, "/"):
+		return fmt.Errorf("%w: %q is absolute; directories are relative to the export", ErrUnsafe, rel)
+	case !utf8.ValidString(rel):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrUnsafe, rel)
+	}
+	for _, r := range rel {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return fmt.Errorf("%w: %q contains control character %U", ErrUnsafe, rel, r)
+		}
+	}
+	for _, seg := range strings.Split(rel, "/") {
+		switch {
+		case seg == "":
+			return fmt.Errorf("%w: %q has an empty segment (a missing label or annotation, or a doubled or trailing \"/\")", ErrUnsafe, rel)
+		case seg == "." || seg == "..":
+			return fmt.Errorf("%w: %q has a %q segment", ErrUnsafe, rel, seg)
+		case len(seg) > MaxSegmentBytes:
+			return fmt.Errorf("%w: segment %.20q... is longer than %d bytes", ErrUnsafe, seg, MaxSegmentBytes)
+		}
+	}
+	return nil
+}
+
+// NFSPath is the path written into a PV's spec.nfs.path: the server's export
+// path joined with the volume's directory. exportPath may carry a trailing
+// slash or be "/".
+func NFSPath(exportPath, rel string) string {
+	return path.Join("/", exportPath, rel)
+}
+
+// FromNFSPath recovers the directory of a volume from its spec.nfs.path, for
+// PVs made by the incumbent that carry no record of their own. It refuses
+// paths outside exportPath and the export root itself.
+func FromNFSPath(exportPath, nfsPath string) (string, error) {
+	root := path.Join("/", exportPath)
+	if nfsPath == "" || !strings.HasPrefix(nfsPath, "/") {
+		return "", fmt.Errorf("%w: nfs.path %q is not an absolute path", ErrUnsafe, nfsPath)
+	}
+	clean := path.Clean(nfsPath)
+	var rel string
+	switch {
+	case root == "/":
+		rel = strings.TrimPrefix(clean, "/")
+	case clean == root:
+		rel = ""
+	case strings.HasPrefix(clean, root+"/"):
+		rel = strings.TrimPrefix(clean, root+"/")
+	default:
+		return "", fmt.Errorf("%w: nfs.path %q is not below the export %q", ErrUnsafe, nfsPath, root)
+	}
+	if rel == "" {
+		return "", fmt.Errorf("%w: nfs.path %q is the export root itself", ErrUnsafe, nfsPath)
+	}
+	if err := Validate(rel); err != nil {
+		return "", fmt.Errorf("nfs.path %q: %w", nfsPath, err)
+	}
+	return rel, nil
+}
+
+// Overlaps reports whether two directories are the same or one contains the
+// other; either way, volumes on them would see each other's data.
+func Overlaps(a, b string) bool {
+	return a == b || strings.HasPrefix(a, b+"/") || strings.HasPrefix(b, a+"/")
+}
+
+// Ancestors lists the proper ancestors of rel, nearest last: "a/b/c" gives
+// ["a", "a/b"].
+func Ancestors(rel string) []string {
+	var out []string
+	for i := 0; i < len(rel); i++ {
+		if rel[i] == '/' {
+			out = append(out, rel[:i])
+		}
+	}
+	return out
+}
+
+// CheckPattern refuses a pathPattern that is unsafe whatever the claim, such
+// as "../${.PVC.name}" or "/srv/${.PVC.name}", so a broken StorageClass is
+// reported once, by name, instead of on every claim.
+func CheckPattern(tmpl string) error {
+	if tmpl == "" {
+		return nil
+	}
+	if err := Validate(pattern.ReplaceAllString(tmpl, "x")); err != nil {
+		return fmt.Errorf("pathPattern %q: %w", tmpl, err)
+	}
+	return nil
+}
