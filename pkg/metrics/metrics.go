@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
 )
 
 const namespace = "nfs_provisioner"
@@ -30,15 +32,10 @@ const (
 	Failed = "error"
 )
 
-// ExportUsage reports the export's free space, for the usage gauges.
+// ExportUsage reports the export's free space, for the usage gauges;
+// exportfs.FS implements it.
 type ExportUsage interface {
-	Usage(ctx context.Context) (Usage, error)
-}
-
-// Usage is what the export reports of its capacity.
-type Usage struct {
-	FreeBytes, TotalBytes   uint64
-	FreeInodes, TotalInodes uint64
+	Usage(ctx context.Context) (exportfs.Usage, error)
 }
 
 // Metrics holds the collectors and the registry that serves them.
@@ -147,4 +144,10 @@ func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTotalBytes, prometheus.GaugeValue, float64(u.TotalBytes))
 	ch <- prometheus.MustNewConstMetric(descFreeInodes, prometheus.GaugeValue, float64(u.FreeInodes))
 	ch <- prometheus.MustNewConstMetric(descTotalInodes, prometheus.GaugeValue, float64(u.TotalInodes))
+}
+
+// Operations returns the counter of one operation and outcome, for tests and
+// for callers that want to read it.
+func (m *Metrics) Operations(op, outcome string) prometheus.Counter {
+	return m.operations.WithLabelValues(op, outcome)
 }

@@ -1,0 +1,223 @@
+// Package app wires the provisioner into a process: API clients, informers,
+// the library's controller, leader election and the HTTP server.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
+	libmetrics "sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/config"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+	"github.com/kube-nfs/nfs-provisioner/pkg/version"
+)
+
+// Run provisions until ctx is cancelled (nil error) or something fails.
+// Standbys serve health and metrics too.
+func Run(ctx context.Context, o config.Options) error {
+	logger := klog.FromContext(ctx)
+	logger.Info("Starting", "version", version.String(), "provisioner", o.ProvisionerName, "server", o.NFSServer, "path", o.NFSPath, "exportDir", o.ExportDir)
+
+	export := exportfs.New(o.ExportDir, o.FSTimeout)
+	if err := export.CheckWritable(ctx); err != nil {
+		return fmt.Errorf("NFS export %s:%s mounted at %s: %w", o.NFSServer, o.NFSPath, o.ExportDir, err)
+	}
+
+	restCfg, err := restConfig(o)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("creating the API client: %w", err)
+	}
+
+	m := metrics.New()
+	m.RegisterExportUsage(export, readyTimeout, logger)
+	lib := libmetrics.New("controller")
+	m.Registry.MustRegister(
+		lib.PersistentVolumeClaimProvisionTotal, lib.PersistentVolumeClaimProvisionFailedTotal,
+		lib.PersistentVolumeClaimProvisionDurationSeconds, lib.PersistentVolumeDeleteTotal,
+		lib.PersistentVolumeDeleteFailedTotal, lib.PersistentVolumeDeleteDurationSeconds,
+	)
+
+	var elector *leaderelection.LeaderElector
+	health := leaderelection.NewLeaderHealthzAdaptor(o.LeaderElectRenewDeadline * 2)
+	srv, err := newServer(o.HTTPAddress, m, export, health, o.EnablePprof)
+	if err != nil {
+		return err
+	}
+	go srv.serve(logger)
+	defer srv.shutdown(logger)
+
+	// Informers start on standbys too, so a takeover only has to start the
+	// workers. They keep no managed fields.
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim))
+	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
+	volumes := factory.Core().V1().PersistentVolumes().Informer()
+	classes := factory.Storage().V1().StorageClasses()
+	nodes := factory.Core().V1().Nodes()
+	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSServer, o.NFSPath)); err != nil {
+		return fmt.Errorf("indexing PersistentVolumes: %w", err)
+	}
+
+	prov := provisioner.New(provisioner.Config{
+		Server:     o.NFSServer,
+		ExportPath: o.NFSPath,
+		Export:     export,
+		Volumes:    volumes.GetIndexer(),
+		Classes:    classes.Lister(),
+		Metrics:    m,
+	})
+	if _, err := volumes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { volumeSeen(prov, obj) },
+		UpdateFunc: func(_, obj any) { volumeSeen(prov, obj) },
+	}); err != nil {
+		return fmt.Errorf("watching PersistentVolumes: %w", err)
+	}
+
+	// Every option of the library in one place. Leader election is ours, not
+	// the library's: it exits the process when leadership is lost and can't
+	// release the Lease on shutdown.
+	ctrl := controller.NewProvisionController(logger, client, o.ProvisionerName, prov,
+		controller.LeaderElection(false),
+		controller.Threadiness(o.Workers),
+		controller.ClaimsInformer(claims),
+		controller.VolumesInformer(volumes),
+		controller.ClassesInformer(classes.Informer()),
+		controller.NodesLister(nodes.Lister()),
+		// Our HTTP server serves the library's metrics; it must not open a port.
+		controller.MetricsPort(0),
+		controller.MetricsInstance(lib),
+		// Save PVs through a retrying queue: the blocking store would, after a
+		// few failed attempts, call Delete on a directory that may hold data.
+		controller.CreateProvisionedPVLimiter(workqueue.DefaultControllerRateLimiter()),
+		// Per-item back-off only: the library's default also caps all retries
+		// at 10 per second, which throttles recovery after an export outage.
+		controller.RateLimiter(workqueue.NewItemExponentialFailureRateLimiter(time.Second, 5*time.Minute)),
+		controller.ProvisionTimeout(2*o.FSTimeout),
+		controller.DeletionTimeout(2*o.FSTimeout),
+	)
+
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+
+	lead := func(ctx context.Context) {
+		m.SetLeader(true)
+		logger.Info("Provisioning", "workers", o.Workers)
+		ctrl.Run(ctx)
+	}
+	if !o.LeaderElect {
+		lead(ctx)
+		return nil
+	}
+
+	elector, err = newElector(o, restCfg, lead, m, logger)
+	if err != nil {
+		return err
+	}
+	health.SetLeaderElection(elector)
+	elector.Run(ctx)
+	if ctx.Err() == nil {
+		return errors.New("lost the leader Lease; exiting so that a fresh process can stand by")
+	}
+	return nil
+}
+
+// readyTimeout bounds /readyz and usage reads; kubelet's probes time out in
+// seconds, not in --fs-timeout.
+const readyTimeout = 5 * time.Second
+
+func restConfig(o config.Options) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if o.Kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading API credentials (--kubeconfig %q): %w", o.Kubeconfig, err)
+	}
+	cfg.QPS = float32(o.KubeAPIQPS)
+	cfg.Burst = o.KubeAPIBurst
+	cfg.UserAgent = "nfs-provisioner/" + version.Version
+	return cfg, nil
+}
+
+func newElector(o config.Options, restCfg *rest.Config, lead func(context.Context), m *metrics.Metrics, logger klog.Logger) (*leaderelection.LeaderElector, error) {
+	// Lease renewals get a client of their own so a burst of provisioning
+	// can't starve them under the client-side rate limit.
+	leCfg := rest.CopyConfig(restCfg)
+	leCfg.QPS, leCfg.Burst = 5, 10
+	leClient, err := kubernetes.NewForConfig(leCfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the leader-election client: %w", err)
+	}
+	identity := o.LeaderElectIdentity
+	if identity == "" {
+		host, _ := os.Hostname()
+		identity = host
+	}
+	// A suffix keeps two processes with one name (a restarted pod, a
+	// test) from both believing they lead.
+	identity += "_" + string(uuid.NewUUID())[:8]
+	namespace := o.LeaderElectNamespace
+	if namespace == "" {
+		namespace = inClusterNamespace()
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: o.LeaseName(), Namespace: namespace},
+		Client:     leClient.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
+	}
+	logger.Info("Waiting for the leader Lease", "lease", namespace+"/"+o.LeaseName(), "identity", identity)
+	return leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   o.LeaderElectLeaseDuration,
+		RenewDeadline:   o.LeaderElectRenewDeadline,
+		RetryPeriod:     o.LeaderElectRetryPeriod,
+		ReleaseOnCancel: true,
+		Name:            o.LeaseName(),
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: lead,
+			OnStoppedLeading: func() {
+				m.SetLeader(false)
+				logger.Info("No longer the leader")
+			},
+			OnNewLeader: func(id string) { logger.Info("Leader is", "identity", id) },
+		},
+	})
+}
+
+func inClusterNamespace() string {
+	if data, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(data) > 0 {
+		return string(data)
+	}
+	return "default"
+}
+
+func volumeSeen(p *provisioner.Provisioner, obj any) {
+	if pv, ok := obj.(*v1.PersistentVolume); ok {
+		p.VolumeAdded(pv)
+	}
+}

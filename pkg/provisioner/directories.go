@@ -1,0 +1,186 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"unicode/utf8"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/params"
+	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
+)
+
+// dirIndex indexes PVs on our export by directory ("d:<dir>") and by every
+// ancestor of it ("u:<ancestor>"), so both a directory's users and the users
+// of anything nested below it are one lookup away.
+const dirIndex = "nfs-directory"
+
+// Indexers returns the PV informer indexers the provisioner relies on. Any PV
+// on this server and export counts, whoever made it: static PVs and the
+// incumbent's included.
+func Indexers(server, exportPath string) cache.Indexers {
+	return cache.Indexers{dirIndex: func(obj any) ([]string, error) {
+		pv, ok := obj.(*v1.PersistentVolume)
+		if !ok {
+			return nil, nil
+		}
+		dir, ok := directoryOnExport(pv, server, exportPath)
+		if !ok {
+			return nil, nil
+		}
+		keys := []string{"d:" + dir}
+		for _, a := range volpath.Ancestors(dir) {
+			keys = append(keys, "u:"+a)
+		}
+		return keys, nil
+	}}
+}
+
+// directoryOnExport derives from spec.nfs where on our export a PV lives.
+func directoryOnExport(pv *v1.PersistentVolume, server, exportPath string) (string, bool) {
+	nfs := pv.Spec.NFS
+	if nfs == nil || !strings.EqualFold(nfs.Server, server) {
+		return "", false
+	}
+	dir, err := volpath.FromNFSPath(exportPath, nfs.Path)
+	return dir, err == nil
+}
+
+// usersOf lists the PVs, other than except, whose directory is rel, contains
+// it or lies inside it.
+func (p *Provisioner) usersOf(rel, except string) []string {
+	keys := []string{"d:" + rel, "u:" + rel}
+	for _, a := range volpath.Ancestors(rel) {
+		keys = append(keys, "d:"+a)
+	}
+	var users []string
+	for _, key := range keys {
+		objs, err := p.cfg.Volumes.ByIndex(dirIndex, key)
+		if err != nil {
+			// Only an unregistered index fails; that is a wiring bug.
+			panic(fmt.Sprintf("PV informer lacks the %q index: %v", dirIndex, err))
+		}
+		for _, obj := range objs {
+			if pv := obj.(*v1.PersistentVolume); pv.Name != except {
+				users = append(users, pv.Name)
+			}
+		}
+	}
+	return users
+}
+
+// reserve claims rel for the PV being provisioned. Unless sharing is allowed
+// it refuses a directory that another PV, or another claim being provisioned
+// right now, uses or is nested with. The returned func drops the reservation.
+func (p *Provisioner) reserve(rel, claimUID, pvName string, allowShared bool) (func(), error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !allowShared {
+		if users := p.usersOf(rel, pvName); len(users) > 0 {
+			return nil, refuse("directory %q is already used by PersistentVolume %q (or one nested with it): give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, users[0])
+		}
+		for other, r := range p.reserved {
+			if r.claimUID != claimUID && volpath.Overlaps(r.dir, rel) {
+				return nil, refuse("directory %q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
+			}
+		}
+	}
+	p.reserved[pvName] = reservation{claimUID: claimUID, dir: rel}
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		delete(p.reserved, pvName)
+	}, nil
+}
+
+// VolumeAdded drops the reservation of a PV once the informer holds it, from
+// which point the directory index guards its directory.
+func (p *Provisioner) VolumeAdded(pv *v1.PersistentVolume) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.reserved, pv.Name)
+}
+
+// recordOf tells which directory a PV uses and what to do with it. Our PVs
+// carry both; the incumbent's are adopted from spec.nfs.path and their class.
+func (p *Provisioner) recordOf(pv *v1.PersistentVolume) (string, params.OnDelete, error) {
+	if dir, ok := pv.Annotations[AnnDirectory]; ok {
+		if err := volpath.Validate(dir); err != nil {
+			return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w: restore the value it was provisioned with, or delete the directory by hand and remove the PV's finalizers", AnnDirectory, pv.Name, err)}
+		}
+		raw, ok := pv.Annotations[AnnOnDelete]
+		if !ok {
+			return dir, params.Archive, nil
+		}
+		policy, err := params.ParseOnDelete(raw)
+		if err != nil {
+			return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w", AnnOnDelete, pv.Name, err)}
+		}
+		return dir, policy, nil
+	}
+
+	nfs := pv.Spec.NFS
+	if nfs == nil {
+		return "", "", refuse("PV %q is not an NFS volume; it was not made by this provisioner", pv.Name)
+	}
+	if !strings.EqualFold(nfs.Server, p.cfg.Server) {
+		return "", "", refuse("PV %q is on NFS server %q, but this provisioner serves %q: delete its directory on that server by hand", pv.Name, nfs.Server, p.cfg.Server)
+	}
+	dir, err := volpath.FromNFSPath(p.cfg.ExportPath, nfs.Path)
+	if err != nil {
+		return "", "", refusal{fmt.Errorf("PV %q: %w", pv.Name, err)}
+	}
+	return dir, p.classPolicy(pv.Spec.StorageClassName), nil
+}
+
+// classPolicy reads the delete policy of an incumbent PV's class the way the
+// incumbent did, but archives when the class is gone or unreadable: keeping
+// data is the only safe guess.
+func (p *Provisioner) classPolicy(name string) params.OnDelete {
+	class, err := p.cfg.Classes.Get(name)
+	if err != nil {
+		return params.Archive
+	}
+	// The incumbent ignored parameters it didn't know; so do we, here.
+	known := map[string]string{}
+	for _, key := range []string{params.KeyArchiveOnDelete, params.KeyOnDelete} {
+		if v, ok := class.Parameters[key]; ok {
+			known[key] = v
+		}
+	}
+	cls, err := params.Parse(known)
+	if err != nil {
+		return params.Archive
+	}
+	return cls.OnDelete
+}
+
+// archive renames rel to "archived-<name>-<time>" beside it, trying another
+// suffix rather than replacing an earlier archive.
+func (p *Provisioner) archive(ctx context.Context, rel string) (string, error) {
+	leaf := path.Base(rel)
+	stamp := p.cfg.Now().UTC().Format("20060102-150405")
+	// Keep the name within NAME_MAX: "archived-" + leaf + "-" + stamp + "-NN".
+	maxLeaf := volpath.MaxSegmentBytes - len("archived-") - len(stamp) - 4
+	for len(leaf) > maxLeaf || !utf8.ValidString(leaf) {
+		leaf = leaf[:min(len(leaf), maxLeaf)-1]
+	}
+	for i := 0; i < 100; i++ {
+		name := "archived-" + leaf + "-" + stamp
+		if i > 0 {
+			name += fmt.Sprintf("-%d", i)
+		}
+		err := p.cfg.Export.Rename(ctx, rel, name)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		return name, err
+	}
+	return "", fmt.Errorf("100 archives of %q already exist for %s: remove old archives", rel, stamp)
+}

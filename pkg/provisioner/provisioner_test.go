@@ -1,0 +1,342 @@
+package provisioner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+)
+
+const (
+	testServer = "nfs.example.com"
+	testPath   = "/srv/nfs"
+)
+
+// env is one provisioner on a temp-dir export, with in-memory PV and
+// StorageClass caches standing in for the informers.
+type env struct {
+	root    string
+	p       *Provisioner
+	volumes cache.Indexer
+	classes cache.Indexer
+	metrics *metrics.Metrics
+}
+
+func newEnv(t *testing.T, exportPath string) *env {
+	t.Helper()
+	root := t.TempDir()
+	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(testServer, exportPath))
+	classes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	m := metrics.New()
+	p := New(Config{
+		Server:     testServer,
+		ExportPath: exportPath,
+		Export:     exportfs.New(root, 5*time.Second),
+		Volumes:    volumes,
+		Classes:    storagelisters.NewStorageClassLister(classes),
+		Metrics:    m,
+		Now:        func() time.Time { return time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC) },
+	})
+	return &env{root: root, p: p, volumes: volumes, classes: classes, metrics: m}
+}
+
+func class(name string, params map[string]string) *storagev1.StorageClass {
+	return &storagev1.StorageClass{
+		ObjectMeta:  metav1.ObjectMeta{Name: name},
+		Provisioner: "example.com/nfs",
+		Parameters:  params,
+	}
+}
+
+func claim(ns, name, uid string) *v1.PersistentVolumeClaim {
+	return &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid)},
+		Spec: v1.PersistentVolumeClaimSpec{
+			AccessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteMany},
+			Resources: v1.VolumeResourceRequirements{Requests: v1.ResourceList{
+				v1.ResourceStorage: resource.MustParse("1Gi"),
+			}},
+		},
+	}
+}
+
+func opts(sc *storagev1.StorageClass, pvc *v1.PersistentVolumeClaim) controller.ProvisionOptions {
+	return controller.ProvisionOptions{StorageClass: sc, PVC: pvc, PVName: "pvc-" + string(pvc.UID)}
+}
+
+// provision runs Provision and, like the library, adds the PV to the cache.
+func (e *env) provision(t *testing.T, sc *storagev1.StorageClass, pvc *v1.PersistentVolumeClaim) (*v1.PersistentVolume, error) {
+	t.Helper()
+	pv, state, err := e.p.Provision(context.Background(), opts(sc, pvc))
+	assert.Equal(t, controller.ProvisioningFinished, state)
+	if err == nil {
+		pv.Spec.ClaimRef = &v1.ObjectReference{Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID}
+		pv.Spec.StorageClassName = sc.Name
+		require.NoError(t, e.volumes.Add(pv))
+		e.p.VolumeAdded(pv)
+	}
+	return pv, err
+}
+
+func (e *env) count(op, outcome string) float64 {
+	return testutil.ToFloat64(e.metrics.Operations(op, outcome))
+}
+
+// snapshot records every path and mode below dir, to prove nothing changed.
+func snapshot(t *testing.T, dir string) map[string]os.FileMode {
+	t.Helper()
+	out := map[string]os.FileMode{}
+	require.NoError(t, filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		out[p] = info.Mode()
+		return nil
+	}))
+	return out
+}
+
+func TestProvisionDefaults(t *testing.T) {
+	t.Parallel()
+	for name, exportPath := range map[string]string{"plain": "/srv/nfs", "trailing slash": "/srv/nfs/", "root": "/"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, exportPath)
+			reclaim := v1.PersistentVolumeReclaimRetain
+			sc := class("nfs", nil)
+			sc.ReclaimPolicy = &reclaim
+			sc.MountOptions = []string{"nfsvers=4.1", "hard"}
+			pvc := claim("team-a", "data", "uid-1")
+			pv, err := e.provision(t, sc, pvc)
+			require.NoError(t, err)
+
+			dir := "team-a-data-pvc-uid-1"
+			assert.Equal(t, "pvc-uid-1", pv.Name)
+			assert.Equal(t, testServer, pv.Spec.NFS.Server)
+			assert.Equal(t, filepath.Join(exportPath, dir), pv.Spec.NFS.Path)
+			assert.Equal(t, resource.MustParse("1Gi"), pv.Spec.Capacity[v1.ResourceStorage])
+			assert.Equal(t, []v1.PersistentVolumeAccessMode{v1.ReadWriteMany}, pv.Spec.AccessModes)
+			assert.Equal(t, []string{"nfsvers=4.1", "hard"}, pv.Spec.MountOptions)
+			assert.Equal(t, v1.PersistentVolumeReclaimRetain, pv.Spec.PersistentVolumeReclaimPolicy)
+			assert.Equal(t, dir, pv.Annotations[AnnDirectory])
+			assert.Equal(t, "archive", pv.Annotations[AnnOnDelete])
+
+			info, err := os.Stat(filepath.Join(e.root, dir))
+			require.NoError(t, err)
+			assert.True(t, info.IsDir())
+			assert.Equal(t, os.FileMode(0o777), info.Mode().Perm(), "incumbent's world-writable default")
+			assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Success), 0)
+		})
+	}
+}
+
+func TestProvisionReclaimPolicyDefaultsToDelete(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	pv, err := e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
+	require.NoError(t, err)
+	assert.Equal(t, v1.PersistentVolumeReclaimDelete, pv.Spec.PersistentVolumeReclaimPolicy)
+}
+
+func TestProvisionParameters(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	pvc := claim("team-a", "data-mysql-0", "uid-7")
+	pvc.Labels = map[string]string{"app.kubernetes.io/name": "mysql"}
+	sc := class("nfs", map[string]string{
+		"pathPattern": "${.PVC.namespace}/${.PVC.labels.app.kubernetes.io/name}/${.PVC.name}",
+		"mode":        "2770",
+		"onDelete":    "retain",
+	})
+	if os.Geteuid() == 0 {
+		sc.Parameters["uid"], sc.Parameters["gid"] = "1234", "5678"
+	}
+	pv, err := e.provision(t, sc, pvc)
+	require.NoError(t, err)
+	assert.Equal(t, "team-a/mysql/data-mysql-0", pv.Annotations[AnnDirectory])
+	assert.Equal(t, "retain", pv.Annotations[AnnOnDelete])
+	assert.Equal(t, "/srv/nfs/team-a/mysql/data-mysql-0", pv.Spec.NFS.Path)
+
+	info, err := os.Stat(filepath.Join(e.root, "team-a/mysql/data-mysql-0"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o770)|os.ModeSetgid, info.Mode()&(os.ModePerm|os.ModeSetgid))
+	if os.Geteuid() == 0 {
+		uid, gid := ownerOf(t, info)
+		assert.Equal(t, 1234, uid)
+		assert.Equal(t, 5678, gid)
+	}
+}
+
+func TestProvisionRefusals(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		class   map[string]string
+		mutate  func(*v1.PersistentVolumeClaim)
+		wantErr string
+	}{
+		"selector": {
+			mutate:  func(c *v1.PersistentVolumeClaim) { c.Spec.Selector = &metav1.LabelSelector{} },
+			wantErr: "remove spec.selector",
+		},
+		"unknown parameter": {
+			class:   map[string]string{"archiveOnDelet": "false"},
+			wantErr: `parameter "archiveOnDelet": unknown`,
+		},
+		"invalid onDelete": {
+			class:   map[string]string{"onDelete": "shred"},
+			wantErr: `"shred" is not one of delete, retain, archive`,
+		},
+		"dot-dot label": {
+			class:   map[string]string{"pathPattern": "${.PVC.labels.dir}"},
+			mutate:  func(c *v1.PersistentVolumeClaim) { c.Labels = map[string]string{"dir": ".."} },
+			wantErr: `".." segment`,
+		},
+		"annotation climbing to /etc": {
+			class:   map[string]string{"pathPattern": "${.PVC.annotations.p}"},
+			mutate:  func(c *v1.PersistentVolumeClaim) { c.Annotations = map[string]string{"p": "x/../../../../etc"} },
+			wantErr: `".." segment`,
+		},
+		"absolute annotation": {
+			class:   map[string]string{"pathPattern": "${.PVC.annotations.p}"},
+			mutate:  func(c *v1.PersistentVolumeClaim) { c.Annotations = map[string]string{"p": "/etc"} },
+			wantErr: "absolute",
+		},
+		"missing label": {
+			class:   map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.labels.team}/x"},
+			wantErr: "empty segment",
+		},
+		"control character": {
+			class:   map[string]string{"pathPattern": "${.PVC.annotations.p}"},
+			mutate:  func(c *v1.PersistentVolumeClaim) { c.Annotations = map[string]string{"p": "a\nb"} },
+			wantErr: "control character",
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testPath)
+			before := snapshot(t, e.root)
+			pvc := claim("ns", "c", "u")
+			if tc.mutate != nil {
+				tc.mutate(pvc)
+			}
+			pv, err := e.provision(t, class("nfs", tc.class), pvc)
+			require.Error(t, err)
+			assert.Nil(t, pv)
+			assert.Contains(t, err.Error(), tc.wantErr)
+			assert.Equal(t, before, snapshot(t, e.root), "nothing created or changed on the export")
+			assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Refused), 0)
+		})
+	}
+}
+
+func TestProvisionRefusesSymlinkOnTheWay(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	outside := t.TempDir()
+	require.NoError(t, os.Chmod(outside, 0o700))
+	// A tenant with write access over NFS plants a link where another
+	// claim's directory will be made.
+	require.NoError(t, os.Symlink(outside, filepath.Join(e.root, "team-b")))
+	before := snapshot(t, outside)
+
+	_, err := e.provision(t, class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"}), claim("team-b", "data", "u"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "is a symbolic link, refusing to follow it")
+	assert.Equal(t, before, snapshot(t, outside))
+	info, err := os.Stat(outside)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), info.Mode().Perm(), "target of the link not chmod-ed")
+	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Refused), 0)
+}
+
+func TestProvisionSharedDirectory(t *testing.T) {
+	t.Parallel()
+	pattern := map[string]string{"pathPattern": "shared/${.PVC.labels.app}"}
+	e := newEnv(t, testPath)
+	first := claim("ns", "a", "u1")
+	first.Labels = map[string]string{"app": "web"}
+	pv1, err := e.provision(t, class("nfs", pattern), first)
+	require.NoError(t, err)
+
+	second := claim("ns", "b", "u2")
+	second.Labels = map[string]string{"app": "web"}
+	_, err = e.provision(t, class("nfs", pattern), second)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `directory "shared/web" is already used by PersistentVolume "`+pv1.Name+`"`)
+	assert.Contains(t, err.Error(), "allowSharedPath")
+
+	// A directory nested inside another volume's is refused too: its owner
+	// would see this claim's data.
+	nested := claim("ns", "c", "u3")
+	nested.Labels = map[string]string{"app": "web/inner"}
+	_, err = e.provision(t, class("nfs", pattern), nested)
+	require.ErrorContains(t, err, "already used by")
+	parent := claim("ns", "d", "u4")
+	_, err = e.provision(t, class("nfs", map[string]string{"pathPattern": "shared"}), parent)
+	require.ErrorContains(t, err, "already used by")
+
+	shared := map[string]string{"pathPattern": "shared/${.PVC.labels.app}", "allowSharedPath": "true"}
+	pv2, err := e.provision(t, class("nfs-shared", shared), second)
+	require.NoError(t, err)
+	assert.Equal(t, pv1.Spec.NFS.Path, pv2.Spec.NFS.Path)
+}
+
+func TestConcurrentClaimsForOneDirectory(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	sc := class("nfs", map[string]string{"pathPattern": "same"})
+	// Without the informer having seen the first PV yet, the reservation
+	// still guards the directory.
+	_, _, err := e.p.Provision(context.Background(), opts(sc, claim("ns", "a", "u1")))
+	require.NoError(t, err)
+	_, _, err = e.p.Provision(context.Background(), opts(sc, claim("ns", "b", "u2")))
+	require.ErrorContains(t, err, "being provisioned for PersistentVolume \"pvc-u1\"")
+}
+
+func TestProvisionIsIdempotent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"})
+	pvc := claim("ns", "data", "u1")
+	// First attempt made the directory, then saving the PV failed.
+	pv1, _, err := e.p.Provision(context.Background(), opts(sc, pvc))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "ns/data/file"), []byte("kept"), 0o644))
+	pv2, _, err := e.p.Provision(context.Background(), opts(sc, pvc))
+	require.NoError(t, err, "a retry for the same claim reuses its directory")
+	assert.Equal(t, pv1, pv2)
+	data, err := os.ReadFile(filepath.Join(e.root, "ns/data/file"))
+	require.NoError(t, err)
+	assert.Equal(t, "kept", string(data))
+}
+
+func TestProvisionUnwritableExport(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	e.p.cfg.Export = exportfs.New(filepath.Join(e.root, "not-mounted"), time.Second)
+	_, err := e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `creating directory "ns-c-pvc-u" on the export`)
+	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Failed), 0)
+	// The reservation was dropped: once the export is back, the claim binds.
+	e.p.cfg.Export = exportfs.New(e.root, time.Second)
+	_, err = e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
+	require.NoError(t, err)
+}
