@@ -60,7 +60,6 @@ func Run(ctx context.Context, o config.Options) error {
 		lib.PersistentVolumeDeleteFailedTotal, lib.PersistentVolumeDeleteDurationSeconds,
 	)
 
-	var elector *leaderelection.LeaderElector
 	health := leaderelection.NewLeaderHealthzAdaptor(o.LeaderElectRenewDeadline * 2)
 	srv, err := newServer(o.HTTPAddress, m, export, health, o.EnablePprof)
 	if err != nil {
@@ -69,6 +68,43 @@ func Run(ctx context.Context, o config.Options) error {
 	go srv.serve(logger)
 	defer srv.shutdown(logger)
 
+	ctrl, factory, err := newController(logger, client, o, export, m, lib)
+	if err != nil {
+		return err
+	}
+	// Shutdown waits for the informers, which stop only once ctx is done.
+	ctx, cancel := context.WithCancel(ctx)
+	factory.Start(ctx.Done())
+	defer func() {
+		cancel()
+		factory.Shutdown()
+	}()
+
+	lead := func(ctx context.Context) {
+		m.SetLeader(true)
+		logger.Info("Provisioning", "workers", o.Workers)
+		ctrl.Run(ctx)
+	}
+	if !o.LeaderElect {
+		lead(ctx)
+		return nil
+	}
+
+	elector, err := newElector(o, restCfg, lead, m, logger)
+	if err != nil {
+		return err
+	}
+	health.SetLeaderElection(elector)
+	elector.Run(ctx)
+	if ctx.Err() == nil {
+		return errors.New("lost the leader Lease; exiting so that a fresh process can stand by")
+	}
+	return nil
+}
+
+// newController builds the library's controller around our provisioner, on
+// informers that the caller starts.
+func newController(logger klog.Logger, client kubernetes.Interface, o config.Options, export *exportfs.FS, m *metrics.Metrics, lib libmetrics.Metrics) (*controller.ProvisionController, informers.SharedInformerFactory, error) {
 	// Informers start on standbys too, so a takeover only has to start the
 	// workers. They keep no managed fields.
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim))
@@ -77,7 +113,7 @@ func Run(ctx context.Context, o config.Options) error {
 	classes := factory.Storage().V1().StorageClasses()
 	nodes := factory.Core().V1().Nodes()
 	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSServer, o.NFSPath)); err != nil {
-		return fmt.Errorf("indexing PersistentVolumes: %w", err)
+		return nil, nil, fmt.Errorf("indexing PersistentVolumes: %w", err)
 	}
 
 	prov := provisioner.New(provisioner.Config{
@@ -92,7 +128,7 @@ func Run(ctx context.Context, o config.Options) error {
 		AddFunc:    func(obj any) { volumeSeen(prov, obj) },
 		UpdateFunc: func(_, obj any) { volumeSeen(prov, obj) },
 	}); err != nil {
-		return fmt.Errorf("watching PersistentVolumes: %w", err)
+		return nil, nil, fmt.Errorf("watching PersistentVolumes: %w", err)
 	}
 
 	// Every option of the library in one place. Leader election is ours, not
@@ -118,29 +154,7 @@ func Run(ctx context.Context, o config.Options) error {
 		controller.DeletionTimeout(2*o.FSTimeout),
 	)
 
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
-
-	lead := func(ctx context.Context) {
-		m.SetLeader(true)
-		logger.Info("Provisioning", "workers", o.Workers)
-		ctrl.Run(ctx)
-	}
-	if !o.LeaderElect {
-		lead(ctx)
-		return nil
-	}
-
-	elector, err = newElector(o, restCfg, lead, m, logger)
-	if err != nil {
-		return err
-	}
-	health.SetLeaderElection(elector)
-	elector.Run(ctx)
-	if ctx.Err() == nil {
-		return errors.New("lost the leader Lease; exiting so that a fresh process can stand by")
-	}
-	return nil
+	return ctrl, factory, nil
 }
 
 // readyTimeout bounds /readyz and usage reads; kubelet's probes time out in

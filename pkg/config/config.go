@@ -155,7 +155,15 @@ func (o *Options) Validate() error {
 		errs = append(errs, fmt.Errorf("leader election needs lease duration (%s) > renew deadline (%s) > retry period (%s) > 0",
 			o.LeaderElectLeaseDuration, o.LeaderElectRenewDeadline, o.LeaderElectRetryPeriod))
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	msgs := make([]string, len(errs))
+	for i, err := range errs {
+		msgs[i] = err.Error()
+	}
+	// One line, so a crash-looping pod's last log line says it all.
+	return errors.New(strings.Join(msgs, "; "))
 }
 
 // LeaseName is the Lease the replicas compete for: the provisioner name with

@@ -1,0 +1,128 @@
+package app
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2/ktesting"
+	libmetrics "sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/config"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+)
+
+const provisionerName = "example.com/nfs"
+
+func testClaim(name string, labels map[string]string) *v1.PersistentVolumeClaim {
+	return &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "team-a", Name: name, UID: types.UID("uid-" + name), Labels: labels,
+			// Set by the PV controller on claims of an external provisioner's class.
+			Annotations: map[string]string{"volume.kubernetes.io/storage-provisioner": provisionerName},
+		},
+		Spec: v1.PersistentVolumeClaimSpec{
+			StorageClassName: ptr("nfs"),
+			AccessModes:      []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce},
+			Resources:        v1.VolumeResourceRequirements{Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")}},
+		},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestControllerWithFakeClientset runs the library's controller around our
+// provisioner, wired as in production, against the fake clientset.
+func TestControllerWithFakeClientset(t *testing.T) {
+	t.Parallel()
+	logger, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	root := t.TempDir()
+	class := &storagev1.StorageClass{
+		ObjectMeta:  metav1.ObjectMeta{Name: "nfs"},
+		Provisioner: provisionerName,
+		Parameters:  map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.labels.app}", "onDelete": "delete"},
+	}
+	client := fake.NewClientset(class)
+	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", Workers: 4, FSTimeout: 5 * time.Second}
+	ctrl, factory, err := newController(logger, client, o, exportfs.New(root, o.FSTimeout), metrics.New(), libmetrics.New("controller"))
+	require.NoError(t, err)
+	factory.Start(ctx.Done())
+	defer func() {
+		cancel()
+		factory.Shutdown()
+	}()
+	go ctrl.Run(ctx)
+
+	pvcs := client.CoreV1().PersistentVolumeClaims("team-a")
+	_, err = pvcs.Create(ctx, testClaim("good", map[string]string{"app": "web"}), metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = pvcs.Create(ctx, testClaim("hostile", map[string]string{"app": ".."}), metav1.CreateOptions{})
+	require.NoError(t, err)
+
+	var pv *v1.PersistentVolume
+	require.NoError(t, wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		pv, err = client.CoreV1().PersistentVolumes().Get(ctx, "pvc-uid-good", metav1.GetOptions{})
+		return err == nil, nil
+	}), "PV for the good claim")
+	assert.Equal(t, "/srv/nfs/team-a/web", pv.Spec.NFS.Path)
+	assert.Equal(t, "10.0.0.5", pv.Spec.NFS.Server)
+	assert.Equal(t, "team-a/web", pv.Annotations[provisioner.AnnDirectory])
+	assert.Equal(t, provisionerName, pv.Annotations["pv.kubernetes.io/provisioned-by"])
+	assert.Equal(t, "good", pv.Spec.ClaimRef.Name)
+	assert.DirExists(t, filepath.Join(root, "team-a/web"))
+
+	event := waitForEvent(ctx, t, client, "hostile", "ProvisioningFailed")
+	assert.Equal(t, v1.EventTypeWarning, event.Type)
+	assert.Contains(t, event.Message, `".." segment`)
+	assert.Contains(t, event.Message, "fix the claim's labels or annotations")
+	_, err = client.CoreV1().PersistentVolumes().Get(ctx, "pvc-uid-hostile", metav1.GetOptions{})
+	assert.Error(t, err, "no PV for the hostile claim")
+	entries, err := os.ReadDir(filepath.Join(root, "team-a"))
+	require.NoError(t, err)
+	assert.Len(t, entries, 1, "only the good claim's directory")
+
+	// Release the volume as the PV controller would; the directory goes.
+	pv.Status.Phase = v1.VolumeReleased
+	_, err = client.CoreV1().PersistentVolumes().UpdateStatus(ctx, pv, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
+		return err != nil, nil
+	}), "PV deleted")
+	assert.NoDirExists(t, filepath.Join(root, "team-a/web"))
+}
+
+func waitForEvent(ctx context.Context, t *testing.T, client *fake.Clientset, object, reason string) v1.Event {
+	t.Helper()
+	var found v1.Event
+	require.NoError(t, wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		events, err := client.CoreV1().Events("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range events.Items {
+			if e.InvolvedObject.Name == object && e.Reason == reason {
+				found = e
+				return true, nil
+			}
+		}
+		return false, nil
+	}), "event %s on %s", reason, object)
+	return found
+}
