@@ -1,0 +1,261 @@
+{{/*
+Name of the chart, or nameOverride.
+*/}}
+{{- define "nfs-provisioner.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Fully qualified app name, used for every namespaced object. Truncated at 63
+characters because some name fields are DNS labels.
+*/}}
+{{- define "nfs-provisioner.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The fullname the incumbent chart (nfs-subdir-external-provisioner) computes
+for the same release and values. Only used for the default provisioner name,
+so that `helm upgrade` of an incumbent release onto this chart keeps the name
+its StorageClass and PersistentVolumes carry.
+*/}}
+{{- define "nfs-provisioner.incumbentFullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "nfs-subdir-external-provisioner" .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Chart name and version for the helm.sh/chart label.
+*/}}
+{{- define "nfs-provisioner.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Name StorageClasses put in `provisioner`: storageClass.provisionerName, else
+the incumbent's default cluster.local/<incumbent fullname>.
+*/}}
+{{- define "nfs-provisioner.provisionerName" -}}
+{{- if .Values.storageClass.provisionerName -}}
+{{- .Values.storageClass.provisionerName -}}
+{{- else -}}
+{{- printf "cluster.local/%s" (include "nfs-provisioner.incumbentFullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The leader-election Lease: the provisioner name with "/" replaced by "-" (the
+binary derives it the same way, see docs/design.md).
+*/}}
+{{- define "nfs-provisioner.leaseName" -}}
+{{- include "nfs-provisioner.provisionerName" . | replace "/" "-" -}}
+{{- end -}}
+
+{{/*
+Selector labels: stable for the life of a release (a Deployment's selector is
+immutable).
+*/}}
+{{- define "nfs-provisioner.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nfs-provisioner.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/*
+Labels of every object, plus the user's `labels`.
+*/}}
+{{- define "nfs-provisioner.labels" -}}
+helm.sh/chart: {{ include "nfs-provisioner.chart" . }}
+{{ include "nfs-provisioner.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: provisioner
+{{- with .Values.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels of the pods: the selector labels plus the user's `labels`.
+*/}}
+{{- define "nfs-provisioner.podLabels" -}}
+{{ include "nfs-provisioner.selectorLabels" . }}
+{{- with .Values.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+ServiceAccount the pods run as.
+*/}}
+{{- define "nfs-provisioner.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "nfs-provisioner.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Container image: image.tag, else "v" + appVersion.
+*/}}
+{{- define "nfs-provisioner.image" -}}
+{{- $tag := .Values.image.tag | default (printf "v%s" (trimPrefix "v" .Chart.AppVersion)) -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{/*
+Name of the PersistentVolume / PersistentVolumeClaim that carry the export
+when nfs.mountOptions is set (an inline nfs volume has no mount options).
+*/}}
+{{- define "nfs-provisioner.rootClaimName" -}}
+{{- printf "%s-root" (include "nfs-provisioner.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "nfs-provisioner.rootVolumeName" -}}
+{{- printf "%s-%s-root" .Release.Namespace (include "nfs-provisioner.fullname" .) -}}
+{{- end -}}
+
+{{/*
+"true" when a value is given: not null/absent and not the empty string
+(false and 0 are given). Empty otherwise, so it works in `if`.
+*/}}
+{{- define "nfs-provisioner.isSet" -}}
+{{- if and (not (kindIs "invalid" .)) (ne (toString .) "") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+A boolean given as true/false or "true"/"false", as the string "true" or
+"false". Anything else is left to values.schema.json to reject.
+*/}}
+{{- define "nfs-provisioner.boolString" -}}
+{{- if kindIs "bool" . -}}
+{{- ternary "true" "false" . -}}
+{{- else -}}
+{{- . | toString | lower -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+One StorageClass. Takes a dict:
+  root:    the chart's top-level context
+  class:   the class's values (storageClass, or an item of extraStorageClasses)
+  primary: true for storageClass, which keeps the incumbent's rendering
+           exactly: archiveOnDelete is always present and mountOptions come
+           from nfs.mountOptions. StorageClass parameters, provisioner,
+           reclaimPolicy and volumeBindingMode are immutable, so an upgrade
+           from the incumbent only works if they come out the same.
+*/}}
+{{- define "nfs-provisioner.storageClass" -}}
+{{- $root := .root -}}
+{{- $c := .class -}}
+{{- $annotations := dict -}}
+{{- if $c.defaultClass -}}
+{{- $_ := set $annotations "storageclass.kubernetes.io/is-default-class" "true" -}}
+{{- end -}}
+{{- with $c.annotations -}}
+{{- $annotations = merge (deepCopy .) $annotations -}}
+{{- end -}}
+{{- $mountOptions := $root.Values.nfs.mountOptions -}}
+{{- if not (kindIs "invalid" $c.mountOptions) -}}
+{{- $mountOptions = $c.mountOptions -}}
+{{- end -}}
+{{- $expand := true -}}
+{{- if kindIs "bool" $c.allowVolumeExpansion -}}
+{{- $expand = $c.allowVolumeExpansion -}}
+{{- end -}}
+{{- $archive := $c.archiveOnDelete -}}
+{{- if and .primary (not (include "nfs-provisioner.isSet" $archive)) -}}
+{{- $archive = true -}}
+{{- end -}}
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: {{ $c.name }}
+  labels:
+    {{- include "nfs-provisioner.labels" $root | nindent 4 }}
+  {{- with $annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+provisioner: {{ include "nfs-provisioner.provisionerName" $root }}
+allowVolumeExpansion: {{ $expand }}
+reclaimPolicy: {{ $c.reclaimPolicy | default "Delete" }}
+volumeBindingMode: {{ $c.volumeBindingMode | default "Immediate" }}
+parameters:
+  {{- if include "nfs-provisioner.isSet" $archive }}
+  archiveOnDelete: {{ include "nfs-provisioner.boolString" $archive | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.onDelete }}
+  onDelete: {{ $c.onDelete | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.pathPattern }}
+  pathPattern: {{ $c.pathPattern | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.mode }}
+  mode: {{ $c.mode | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.uid }}
+  uid: {{ $c.uid | int64 | toString | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.gid }}
+  gid: {{ $c.gid | int64 | toString | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.allowSharedPath }}
+  allowSharedPath: {{ include "nfs-provisioner.boolString" $c.allowSharedPath | quote }}
+  {{- end }}
+{{- with $mountOptions }}
+mountOptions:
+  {{- range . }}
+  - {{ . | quote }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Checks that values.schema.json cannot express (relations between values).
+Included by the Deployment, so every render runs them.
+*/}}
+{{- define "nfs-provisioner.validate" -}}
+{{- $repo := .Values.image.repository | toString -}}
+{{- if or (eq $repo "nfs-subdir-external-provisioner") (hasSuffix "/nfs-subdir-external-provisioner" $repo) -}}
+{{- fail (printf "image.repository is %q, the incumbent's image, which does not understand this chart's settings (probes, metrics port, Lease RBAC). Remove image.repository and image.tag from your values to use this chart's image." $repo) -}}
+{{- end -}}
+{{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) -}}
+{{- fail (printf "leaderElection.enabled=false with replicaCount=%d: replicas would provision the same claims at once. Set replicaCount to 1 or enable leader election." (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- $defaults := list -}}
+{{- $classes := list -}}
+{{- if .Values.storageClass.create -}}
+{{- $classes = append $classes .Values.storageClass -}}
+{{- end -}}
+{{- $classes = concat $classes (.Values.extraStorageClasses | default list) -}}
+{{- range $classes -}}
+{{- if hasKey $names .name -}}
+{{- fail (printf "StorageClass name %q is used twice (storageClass.name and extraStorageClasses[].name must all differ)" .name) -}}
+{{- end -}}
+{{- $_ := set $names .name true -}}
+{{- if .defaultClass -}}
+{{- $defaults = append $defaults .name -}}
+{{- end -}}
+{{- end -}}
+{{- if gt (len $defaults) 1 -}}
+{{- fail (printf "more than one StorageClass has defaultClass: true (%s); a cluster should have one default" (join ", " $defaults)) -}}
+{{- end -}}
+{{- end -}}
