@@ -422,7 +422,7 @@ func resolveBinDir(ctx context.Context, opts *ControlPlaneOptions) (string, erro
 // start runs one component from binDir with its log in LogDir and registers
 // it for Stop.
 func (cp *ControlPlane) start(binDir, name string, args, extra []string) (*process, error) {
-	p, err := cp.launcher.start(name, filepath.Join(binDir, name), append(args, extra...), cp.LogPath(name))
+	p, err := cp.launcher.start(name, filepath.Join(binDir, name), append(args, extra...), nil, cp.LogPath(name))
 	if err != nil {
 		return nil, err
 	}

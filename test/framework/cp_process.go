@@ -20,13 +20,14 @@ type process struct {
 	waitErr error         // valid after done is closed
 }
 
-// startProcess runs bin with args, stdout and stderr appended to logPath.
+// startProcess runs bin with args and this process's environment plus env,
+// stdout and stderr appended to logPath.
 //
 // Every child gets its own process group (Setpgid) so that Stop can signal
 // it together with anything it forked, and Pdeathsig so that the kernel kills
 // it when the test binary dies without running Stop (a panic, a go test
 // timeout, SIGKILL). Call it through a launcher (see below).
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
+func startProcess(name, bin string, args, env []string, logPath string) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log file for %s: %w", name, err)
@@ -38,7 +39,7 @@ func startProcess(name, bin string, args []string, logPath string) (*process, er
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -84,14 +85,14 @@ func newLauncher() *launcher {
 }
 
 // start runs startProcess on the launcher's thread.
-func (l *launcher) start(name, bin string, args []string, logPath string) (*process, error) {
+func (l *launcher) start(name, bin string, args, env []string, logPath string) (*process, error) {
 	var (
 		p   *process
 		err error
 	)
 	ran := make(chan struct{})
 	l.reqs <- func() {
-		p, err = startProcess(name, bin, args, logPath)
+		p, err = startProcess(name, bin, args, env, logPath)
 		close(ran)
 	}
 	<-ran
