@@ -54,7 +54,7 @@ func directoryOnExport(pv *v1.PersistentVolume, server, exportPath string) (stri
 
 // usersOf lists the PVs, other than except, whose directory is rel, contains
 // it or lies inside it.
-func (p *Provisioner) usersOf(rel, except string) []string {
+func (p *Provisioner) usersOf(rel, except string) ([]string, error) {
 	keys := []string{"d:" + rel, "u:" + rel}
 	for _, a := range volpath.Ancestors(rel) {
 		keys = append(keys, "d:"+a)
@@ -63,8 +63,7 @@ func (p *Provisioner) usersOf(rel, except string) []string {
 	for _, key := range keys {
 		objs, err := p.cfg.Volumes.ByIndex(dirIndex, key)
 		if err != nil {
-			// Only an unregistered index fails; that is a wiring bug.
-			panic(fmt.Sprintf("PV informer lacks the %q index: %v", dirIndex, err))
+			return nil, fmt.Errorf("looking up the PVs using directory %q: %w", rel, err)
 		}
 		for _, obj := range objs {
 			if pv := obj.(*v1.PersistentVolume); pv.Name != except {
@@ -72,7 +71,7 @@ func (p *Provisioner) usersOf(rel, except string) []string {
 			}
 		}
 	}
-	return users
+	return users, nil
 }
 
 // reserve claims rel for the PV being provisioned. Unless sharing is allowed
@@ -82,7 +81,11 @@ func (p *Provisioner) reserve(rel, claimUID, pvName string, allowShared bool) (f
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !allowShared {
-		if users := p.usersOf(rel, pvName); len(users) > 0 {
+		users, err := p.usersOf(rel, pvName)
+		if err != nil {
+			return nil, err
+		}
+		if len(users) > 0 {
 			return nil, refuse("directory %q is already used by PersistentVolume %q (or one nested with it): give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, users[0])
 		}
 		for other, r := range p.reserved {

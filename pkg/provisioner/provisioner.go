@@ -199,7 +199,11 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 		logger.V(2).Info("Retaining directory")
 		return nil
 	}
-	if users := p.usersOf(rel, pv.Name); len(users) > 0 {
+	users, err := p.usersOf(rel, pv.Name)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
 		return refuse("refusing to %s directory %q: PersistentVolume %q still uses it or a directory nested with it; this PV is deleted once that one is gone", policy, rel, users[0])
 	}
 	switch policy {
