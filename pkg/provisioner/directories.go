@@ -170,12 +170,12 @@ func (p *Provisioner) archive(ctx context.Context, rel string) (string, error) {
 	leaf := path.Base(rel)
 	stamp := p.cfg.Now().UTC().Format("20060102-150405")
 	// Keep the name within NAME_MAX: "archived-" + leaf + "-" + stamp + "-NN".
-	maxLeaf := volpath.MaxSegmentBytes - len("archived-") - len(stamp) - 4
+	maxLeaf := volpath.MaxSegmentBytes - len(volpath.ArchivePrefix) - len(stamp) - 4
 	for len(leaf) > maxLeaf || !utf8.ValidString(leaf) {
 		leaf = leaf[:min(len(leaf), maxLeaf)-1]
 	}
 	for i := 0; i < 100; i++ {
-		name := "archived-" + leaf + "-" + stamp
+		name := volpath.ArchivePrefix + leaf + "-" + stamp
 		if i > 0 {
 			name += fmt.Sprintf("-%d", i)
 		}

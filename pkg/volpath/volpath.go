@@ -85,13 +85,31 @@ func Resolve(tmpl string, c Claim) (string, error) {
 			rel = expanded
 		}
 	}
-	if err := Validate(rel); err != nil {
+	err := Validate(rel)
+	if err == nil {
+		err = checkNotArchive(rel)
+	}
+	if err != nil {
 		if tmpl != "" {
 			return "", fmt.Errorf("pathPattern %q gives %q: %w", tmpl, rel, err)
 		}
 		return "", err
 	}
 	return rel, nil
+}
+
+// ArchivePrefix starts the name of every archived directory. New volumes
+// may not use such names, so no claim can be pointed at an archive of a
+// released volume.
+const ArchivePrefix = "archived-"
+
+func checkNotArchive(rel string) error {
+	for _, seg := range strings.Split(rel, "/") {
+		if strings.HasPrefix(seg, ArchivePrefix) {
+			return fmt.Errorf("%w: %q uses the %q prefix reserved for archives of released volumes", ErrUnsafe, rel, ArchivePrefix)
+		}
+	}
+	return nil
 }
 
 // Validate accepts only a relative path made of plain names: no empty, "." or
