@@ -1,0 +1,84 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+)
+
+type fakeUsage struct {
+	u   exportfs.Usage
+	err error
+}
+
+func (f fakeUsage) Usage(context.Context) (exportfs.Usage, error) { return f.u, f.err }
+
+func TestExposition(t *testing.T) {
+	t.Parallel()
+	logger, _ := ktesting.NewTestContext(t)
+	m := New()
+	m.RegisterExportUsage(fakeUsage{u: exportfs.Usage{FreeBytes: 1024, TotalBytes: 4096, FreeInodes: 10, TotalInodes: 20}}, time.Second, logger)
+	m.ObserveOperation(OpProvision, Success, 30*time.Millisecond)
+	m.ObserveOperation(OpDelete, Refused, time.Millisecond)
+	m.SetLeader(true)
+
+	problems, err := testutil.GatherAndLint(m.Registry)
+	require.NoError(t, err)
+	assert.Empty(t, problems, "promlint")
+
+	want := `
+# HELP nfs_provisioner_export_free_bytes Bytes available to the provisioner on the export.
+# TYPE nfs_provisioner_export_free_bytes gauge
+nfs_provisioner_export_free_bytes 1024
+# HELP nfs_provisioner_export_free_inodes Inodes available on the export.
+# TYPE nfs_provisioner_export_free_inodes gauge
+nfs_provisioner_export_free_inodes 10
+# HELP nfs_provisioner_export_inodes Total inodes of the export's filesystem.
+# TYPE nfs_provisioner_export_inodes gauge
+nfs_provisioner_export_inodes 20
+# HELP nfs_provisioner_export_size_bytes Size of the export's filesystem in bytes.
+# TYPE nfs_provisioner_export_size_bytes gauge
+nfs_provisioner_export_size_bytes 4096
+# HELP nfs_provisioner_export_usage_up 1 if the export's usage could be read at the last scrape, 0 if it failed or timed out.
+# TYPE nfs_provisioner_export_usage_up gauge
+nfs_provisioner_export_usage_up 1
+# HELP nfs_provisioner_leader 1 while this replica holds the leader Lease and provisions, 0 while it stands by.
+# TYPE nfs_provisioner_leader gauge
+nfs_provisioner_leader 1
+# HELP nfs_provisioner_operations_total Provision and delete operations on the export, by outcome: success, refused (bad claim, class or PV) or error (export or API failure).
+# TYPE nfs_provisioner_operations_total counter
+nfs_provisioner_operations_total{operation="delete",outcome="error"} 0
+nfs_provisioner_operations_total{operation="delete",outcome="refused"} 1
+nfs_provisioner_operations_total{operation="delete",outcome="success"} 0
+nfs_provisioner_operations_total{operation="provision",outcome="error"} 0
+nfs_provisioner_operations_total{operation="provision",outcome="refused"} 0
+nfs_provisioner_operations_total{operation="provision",outcome="success"} 1
+`
+	require.NoError(t, testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
+		"nfs_provisioner_export_free_bytes", "nfs_provisioner_export_free_inodes", "nfs_provisioner_export_inodes",
+		"nfs_provisioner_export_size_bytes", "nfs_provisioner_export_usage_up", "nfs_provisioner_leader",
+		"nfs_provisioner_operations_total"))
+	assert.Equal(t, 2, testutil.CollectAndCount(m.duration))
+}
+
+func TestUsageFailureIsReported(t *testing.T) {
+	t.Parallel()
+	logger, _ := ktesting.NewTestContext(t)
+	m := New()
+	m.RegisterExportUsage(fakeUsage{err: errors.New("export hung")}, time.Second, logger)
+	want := `
+# HELP nfs_provisioner_export_usage_up 1 if the export's usage could be read at the last scrape, 0 if it failed or timed out.
+# TYPE nfs_provisioner_export_usage_up gauge
+nfs_provisioner_export_usage_up 0
+`
+	require.NoError(t, testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "nfs_provisioner_export_usage_up", "nfs_provisioner_export_free_bytes"))
+}
