@@ -47,7 +47,9 @@ const (
 	DefaultFSTimeout     = 30 * time.Second
 	DefaultLeaseDuration = 15 * time.Second
 	DefaultRenewDeadline = 10 * time.Second
-	DefaultRetryPeriod   = time.Second
+	// A standby retries every RetryPeriod plus up to 1.2× of jitter, so
+	// 800ms keeps the takeover after a graceful shutdown under 2s.
+	DefaultRetryPeriod = 800 * time.Millisecond
 )
 
 // flagEnv pairs each flag with the environment variable read when the flag

@@ -258,4 +258,29 @@ Included by the Deployment, so every render runs them.
 {{- if gt (len $defaults) 1 -}}
 {{- fail (printf "more than one StorageClass has defaultClass: true (%s); a cluster should have one default" (join ", " $defaults)) -}}
 {{- end -}}
+{{- /*
+A variable given twice in env makes server-side apply (helm 4, Flux,
+kubectl apply --server-side) reject the Deployment ("duplicate entries for
+key"), and client-side apply silently keep the last one.
+*/ -}}
+{{- $ownEnv := dict "PROVISIONER_NAME" "set storageClass.provisionerName instead" "NFS_SERVER" "set nfs.server instead" "NFS_PATH" "set nfs.path instead" "ENABLE_LEADER_ELECTION" "set leaderElection.enabled instead" "POD_NAMESPACE" "it holds the pod's namespace, where the Lease lives" "POD_NAME" "it holds the pod's name, the Lease identity" -}}
+{{- if .Values.leaderElection.leaseDuration -}}
+{{- $_ := set $ownEnv "LEADER_ELECT_LEASE_DURATION" "set leaderElection.leaseDuration only" -}}
+{{- end -}}
+{{- if .Values.leaderElection.renewDeadline -}}
+{{- $_ := set $ownEnv "LEADER_ELECT_RENEW_DEADLINE" "set leaderElection.renewDeadline only" -}}
+{{- end -}}
+{{- if .Values.leaderElection.retryPeriod -}}
+{{- $_ := set $ownEnv "LEADER_ELECT_RETRY_PERIOD" "set leaderElection.retryPeriod only" -}}
+{{- end -}}
+{{- $extraEnv := dict -}}
+{{- range $i, $e := .Values.extraEnv | default list -}}
+{{- if hasKey $ownEnv $e.name -}}
+{{- fail (printf "extraEnv[%d] sets %s, which the chart sets itself: %s (a variable given twice makes server-side apply reject the Deployment)" $i $e.name (get $ownEnv $e.name)) -}}
+{{- end -}}
+{{- if hasKey $extraEnv $e.name -}}
+{{- fail (printf "extraEnv[%d] sets %s a second time (a variable given twice makes server-side apply reject the Deployment)" $i $e.name) -}}
+{{- end -}}
+{{- $_ := set $extraEnv $e.name true -}}
+{{- end -}}
 {{- end -}}
