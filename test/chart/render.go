@@ -9,23 +9,19 @@
 package chart
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
+
+	"github.com/kube-nfs/nfs-provisioner/test/framework"
 )
 
 // Defaults of a render.
@@ -40,9 +36,9 @@ const (
 // RepoRoot is the repository's root directory (the one holding go.mod).
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	require.True(t, ok, "cannot locate render.go")
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	root, err := framework.RepoRoot()
+	require.NoError(t, err)
+	return root
 }
 
 // ChartDir is charts/nfs-provisioner.
@@ -169,7 +165,7 @@ func Render(t testing.TB, o RenderOptions) ([]*unstructured.Unstructured, error)
 	if err != nil {
 		return nil, fmt.Errorf("helm template: %w\n%s", err, stderr)
 	}
-	return Decode([]byte(stdout))
+	return framework.DecodeManifests([]byte(stdout))
 }
 
 // RenderChart renders the chart with one values file (the chart's defaults
@@ -195,44 +191,11 @@ func RenderError(t testing.TB, o RenderOptions) string {
 	return err.Error()
 }
 
-// Decode splits multi-document YAML into objects, skipping empty documents.
-func Decode(data []byte) ([]*unstructured.Unstructured, error) {
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	var objs []*unstructured.Unstructured
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		js, err := yaml.YAMLToJSON(doc)
-		if err != nil {
-			return nil, fmt.Errorf("%w in document:\n%s", err, doc)
-		}
-		if len(bytes.TrimSpace(js)) == 0 || string(bytes.TrimSpace(js)) == "null" {
-			continue
-		}
-		u := &unstructured.Unstructured{}
-		if err := u.UnmarshalJSON(js); err != nil {
-			return nil, fmt.Errorf("%w in document:\n%s", err, doc)
-		}
-		objs = append(objs, u)
-	}
-}
-
 // LoadManifests reads and decodes YAML files.
 func LoadManifests(t testing.TB, paths ...string) []*unstructured.Unstructured {
 	t.Helper()
-	var objs []*unstructured.Unstructured
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		require.NoError(t, err)
-		o, err := Decode(data)
-		require.NoError(t, err, p)
-		objs = append(objs, o...)
-	}
+	objs, err := framework.ReadManifests(paths...)
+	require.NoError(t, err)
 	return objs
 }
 
