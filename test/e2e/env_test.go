@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -229,6 +231,10 @@ func (e *env) exportEntries() []string {
 	e.t.Helper()
 	var out []string
 	require.NoError(e.t, filepath.Walk(e.exportDir, func(p string, _ os.FileInfo, err error) error {
+		// The provisioner may be deleting or archiving while we walk.
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
