@@ -64,6 +64,10 @@ test-unit: ## Unit tests only (no control plane, no NFS server)
 test-e2e: deps ## End-to-end and chart tests only
 	NFS_PROVISIONER_REQUIRE_CONTROLPLANE=1 go test -p 1 -count=1 -timeout 40m ./test/...
 
+.PHONY: bench
+bench: deps ## Throughput, latency and memory at scale on a local control plane (not in test); BENCH_ARGS=-help lists options
+	go run ./test/bench $(BENCH_ARGS)
+
 .PHONY: verify
 verify: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi

@@ -60,14 +60,14 @@ func TestControllerWithFakeClientset(t *testing.T) {
 	}
 	client := fake.NewClientset(class)
 	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", Workers: 4, FSTimeout: 5 * time.Second}
-	ctrl, factory, err := newController(logger, client, o, exportfs.New(root, o.FSTimeout), metrics.New(), libmetrics.New("controller"))
+	w, err := newController(logger, client, nil, o, exportfs.New(root, o.FSTimeout), metrics.New(), libmetrics.New("controller"))
 	require.NoError(t, err)
-	factory.Start(ctx.Done())
+	w.factory.Start(ctx.Done())
 	defer func() {
 		cancel()
-		factory.Shutdown()
+		w.factory.Shutdown()
 	}()
-	go ctrl.Run(ctx)
+	go w.ctrl.Run(ctx)
 
 	pvcs := client.CoreV1().PersistentVolumeClaims("team-a")
 	_, err = pvcs.Create(ctx, testClaim("good", map[string]string{"app": "web"}), metav1.CreateOptions{})

@@ -28,7 +28,8 @@ type server struct {
 }
 
 // newServer binds the address at once, so a port clash fails start-up.
-func newServer(address string, m *metrics.Metrics, export writableChecker, leader *leaderelection.HealthzAdaptor, enablePprof bool) (*server, error) {
+// synced tells whether the informers have completed their first list.
+func newServer(address string, m *metrics.Metrics, export writableChecker, synced func() bool, leader *leaderelection.HealthzAdaptor, enablePprof bool) (*server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	// Liveness fails only when this replica leads but could not renew the
@@ -40,9 +41,15 @@ func newServer(address string, m *metrics.Metrics, export writableChecker, leade
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	// Readiness: the export is mounted and writable, checked within
-	// readyTimeout so a hung NFS mount fails the probe instead of hanging it.
+	// Readiness: the informers have listed everything (until then neither a
+	// leader nor a standby could provision), and the export is mounted and
+	// writable, checked within readyTimeout so a hung NFS mount fails the
+	// probe instead of hanging it.
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !synced() {
+			http.Error(w, "informers: not synced yet", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		if err := export.CheckWritable(ctx); err != nil {

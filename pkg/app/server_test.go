@@ -32,6 +32,7 @@ func TestServerEndpoints(t *testing.T) {
 	cases := map[string]struct {
 		exportDir   string
 		pprof       bool
+		notSynced   bool
 		wantReady   int
 		wantReadyIn string
 		wantPprof   int
@@ -39,6 +40,7 @@ func TestServerEndpoints(t *testing.T) {
 		"writable export":       {exportDir: t.TempDir(), wantReady: http.StatusOK, wantReadyIn: "ok", wantPprof: http.StatusNotFound},
 		"export not mounted":    {exportDir: filepath.Join(t.TempDir(), "missing"), wantReady: http.StatusServiceUnavailable, wantReadyIn: "does not exist", wantPprof: http.StatusNotFound},
 		"pprof behind its flag": {exportDir: t.TempDir(), pprof: true, wantReady: http.StatusOK, wantReadyIn: "ok", wantPprof: http.StatusOK},
+		"informers not synced":  {exportDir: t.TempDir(), notSynced: true, wantReady: http.StatusServiceUnavailable, wantReadyIn: "not synced", wantPprof: http.StatusNotFound},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -46,7 +48,8 @@ func TestServerEndpoints(t *testing.T) {
 			m := metrics.New()
 			export := exportfs.New(tc.exportDir, time.Second)
 			m.RegisterExportUsage(export, time.Second, logger)
-			srv, err := newServer("127.0.0.1:0", m, export, leaderelection.NewLeaderHealthzAdaptor(time.Second), tc.pprof)
+			synced := func() bool { return !tc.notSynced }
+			srv, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), tc.pprof)
 			require.NoError(t, err)
 			go srv.serve(logger)
 			defer srv.shutdown(logger)
@@ -61,10 +64,10 @@ func TestServerEndpoints(t *testing.T) {
 			assert.Equal(t, http.StatusOK, code)
 			assert.Contains(t, body, "nfs_provisioner_leader 0")
 			assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="refused"} 0`)
-			if tc.wantReady == http.StatusOK {
+			if !tc.notSynced && tc.wantReady == http.StatusOK {
 				assert.Contains(t, body, "nfs_provisioner_export_usage_up 1")
 				assert.Contains(t, body, "nfs_provisioner_export_free_bytes")
-			} else {
+			} else if !tc.notSynced {
 				assert.Contains(t, body, "nfs_provisioner_export_usage_up 0")
 			}
 			code, _ = get(t, base+"/debug/pprof/")
@@ -77,9 +80,10 @@ func TestServerAddressInUse(t *testing.T) {
 	t.Parallel()
 	m := metrics.New()
 	export := exportfs.New(t.TempDir(), time.Second)
-	first, err := newServer("127.0.0.1:0", m, export, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
+	synced := func() bool { return true }
+	first, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
 	require.NoError(t, err)
 	defer first.listener.Close()
-	_, err = newServer(first.listener.Addr().String(), m, export, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
+	_, err = newServer(first.listener.Addr().String(), m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
 	require.ErrorContains(t, err, "listening on --http-address")
 }

@@ -16,30 +16,43 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
 
-// dirIndex indexes PVs on our export by directory ("d:<dir>") and by every
-// ancestor of it ("u:<ancestor>"), so both a directory's users and the users
-// of anything nested below it are one lookup away.
-const dirIndex = "nfs-directory"
+// dirIndex indexes PVs on our export by directory, and ancestorIndex by
+// every ancestor of it, so both a directory's users and the users of
+// anything nested below it are one lookup away. The directory key is a
+// substring of spec.nfs.path: indexing it costs no string of its own.
+const (
+	dirIndex      = "nfs-directory"
+	ancestorIndex = "nfs-directory-ancestor"
+)
 
 // Indexers returns the PV informer indexers the provisioner relies on. Any PV
 // on this server and export counts, whoever made it: static PVs and the
 // incumbent's included.
 func Indexers(server, exportPath string) cache.Indexers {
-	return cache.Indexers{dirIndex: func(obj any) ([]string, error) {
-		pv, ok := obj.(*v1.PersistentVolume)
-		if !ok {
-			return nil, nil
-		}
-		dir, ok := directoryOnExport(pv, server, exportPath)
-		if !ok {
-			return nil, nil
-		}
-		keys := []string{"d:" + dir}
-		for _, a := range volpath.Ancestors(dir) {
-			keys = append(keys, "u:"+a)
-		}
-		return keys, nil
-	}}
+	return cache.Indexers{
+		dirIndex: func(obj any) ([]string, error) {
+			pv, ok := obj.(*v1.PersistentVolume)
+			if !ok {
+				return nil, nil
+			}
+			dir, ok := directoryOnExport(pv, server, exportPath)
+			if !ok {
+				return nil, nil
+			}
+			return []string{dir}, nil
+		},
+		ancestorIndex: func(obj any) ([]string, error) {
+			pv, ok := obj.(*v1.PersistentVolume)
+			if !ok {
+				return nil, nil
+			}
+			dir, ok := directoryOnExport(pv, server, exportPath)
+			if !ok {
+				return nil, nil
+			}
+			return volpath.Ancestors(dir), nil
+		},
+	}
 }
 
 // directoryOnExport derives from spec.nfs where on our export a PV lives.
@@ -55,13 +68,14 @@ func directoryOnExport(pv *v1.PersistentVolume, server, exportPath string) (stri
 // usersOf lists the PVs, other than except, whose directory is rel, contains
 // it or lies inside it.
 func (p *Provisioner) usersOf(rel, except string) ([]string, error) {
-	keys := []string{"d:" + rel, "u:" + rel}
+	type lookup struct{ index, key string }
+	lookups := []lookup{{dirIndex, rel}, {ancestorIndex, rel}}
 	for _, a := range volpath.Ancestors(rel) {
-		keys = append(keys, "d:"+a)
+		lookups = append(lookups, lookup{dirIndex, a})
 	}
 	var users []string
-	for _, key := range keys {
-		objs, err := p.cfg.Volumes.ByIndex(dirIndex, key)
+	for _, l := range lookups {
+		objs, err := p.cfg.Volumes.ByIndex(l.index, l.key)
 		if err != nil {
 			return nil, fmt.Errorf("looking up the PVs using directory %q: %w", rel, err)
 		}
@@ -113,7 +127,13 @@ func (p *Provisioner) VolumeAdded(pv *v1.PersistentVolume) {
 // recordOf tells which directory a PV uses and what to do with it. Our PVs
 // carry both; the incumbent's are adopted from spec.nfs.path and their class.
 func (p *Provisioner) recordOf(pv *v1.PersistentVolume) (string, params.OnDelete, error) {
-	if dir, ok := pv.Annotations[AnnDirectory]; ok {
+	dir, ok := pv.Annotations[AnnDirectory]
+	if _, isPath := pv.Annotations[annDirectoryIsPath]; isPath && !ok && pv.Spec.NFS != nil {
+		// A cached PV whose AnnDirectory a Compactor found equal to this.
+		derived, err := volpath.FromNFSPath(p.cfg.ExportPath, pv.Spec.NFS.Path)
+		dir, ok = derived, err == nil
+	}
+	if ok {
 		if err := volpath.Validate(dir); err != nil {
 			return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w: restore the value it was provisioned with, or delete the directory by hand and remove the PV's finalizers", AnnDirectory, pv.Name, err)}
 		}
