@@ -145,12 +145,15 @@ func (b *bench) runIdeal() error {
 				return err
 			}
 			time.Sleep(2 * time.Second)
-			start = time.Now()
-			ideal = b.startIdeal()
 		} else {
 			ideal = b.startIdeal()
 			time.Sleep(2 * time.Second)
-			start = time.Now()
+		}
+		load := loadAverage()
+		cpu := b.takeCPU()
+		start = time.Now()
+		if ideal == nil {
+			ideal = b.startIdeal()
 		}
 		switch mode {
 		case "burst":
@@ -162,8 +165,6 @@ func (b *bench) runIdeal() error {
 				return err
 			}
 		}
-		load := loadAverage()
-		cpu := b.takeCPU()
 		if err := b.obs.waitFor(b.ctx, ns, 5*time.Minute, "all claims Bound", func(c nsCounts) bool { return c.bound >= n }); err != nil {
 			return err
 		}
