@@ -12,6 +12,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -219,6 +220,12 @@ func restConfig(o config.Options) (*rest.Config, error) {
 	}
 	cfg.QPS = float32(o.KubeAPIQPS)
 	cfg.Burst = o.KubeAPIBurst
+	// Protobuf, as the controller-manager speaks: decoding the PV and claim
+	// watches costs a fraction of JSON's CPU here, and the API server encodes
+	// each watch event once for all protobuf watchers instead of also in
+	// JSON for us. JSON stays accepted for anything served without protobuf.
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	cfg.UserAgent = "nfs-provisioner/" + version.Version
 	return cfg, nil
 }

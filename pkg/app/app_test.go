@@ -126,3 +126,23 @@ func waitForEvent(ctx context.Context, t *testing.T, client *fake.Clientset, obj
 	}), "event %s on %s", reason, object)
 	return found
 }
+
+// The API server encodes watch events once per content type: a JSON client
+// next to the protobuf controller-manager doubles its encoding work.
+func TestRestConfigSpeaksProtobuf(t *testing.T) {
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	require.NoError(t, os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600))
+
+	cfg, err := restConfig(config.Options{Kubeconfig: kubeconfig, KubeAPIQPS: 123, KubeAPIBurst: 456})
+	require.NoError(t, err)
+	assert.Equal(t, "application/vnd.kubernetes.protobuf", cfg.ContentType)
+	assert.Equal(t, "application/vnd.kubernetes.protobuf,application/json", cfg.AcceptContentTypes)
+	assert.Equal(t, float32(123), cfg.QPS)
+	assert.Equal(t, 456, cfg.Burst)
+}
