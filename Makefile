@@ -65,8 +65,12 @@ test-e2e: deps ## End-to-end and chart tests only
 	NFS_PROVISIONER_REQUIRE_CONTROLPLANE=1 go test -p 1 -count=1 -timeout 40m ./test/...
 
 .PHONY: bench
-bench: deps ## Throughput, latency and memory at scale on a local control plane (not in test); BENCH_ARGS=-help lists options
+bench: deps bench-go ## Go benchmarks, then throughput, latency and memory at scale on a local control plane (not in test); BENCH_ARGS=-help lists options
 	go run ./test/bench $(BENCH_ARGS)
+
+.PHONY: bench-go
+bench-go: ## Go benchmarks only: pattern evaluation, path resolution, export filesystem calls
+	go test -run '^$$' -bench . -benchmem ./pkg/volpath ./pkg/exportfs
 
 .PHONY: verify
 verify: ## gofmt and go vet

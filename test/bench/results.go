@@ -311,8 +311,8 @@ func (b *bench) checks() []check {
 	return out
 }
 
-// String is the check's line in the report. A target the ideal provisioner
-// misses as well is marked as out of reach of any provisioner here.
+// String is the check's line in the report. A target the ideal provisioner's
+// median run misses as well is one no provisioner meets reliably here.
 func (c check) String() string {
 	mark := "ok  "
 	if !c.ok {
@@ -322,7 +322,7 @@ func (c check) String() string {
 	switch {
 	case c.ideal == "":
 	case !c.ok && !c.idealOK:
-		line += fmt.Sprintf(" (the ideal provisioner: %s, also a miss: out of reach of any provisioner on this machine)", c.ideal)
+		line += fmt.Sprintf(" (the ideal provisioner: %s, a miss too: no provisioner meets this reliably on this machine)", c.ideal)
 	default:
 		line += fmt.Sprintf(" (the ideal provisioner: %s)", c.ideal)
 	}
