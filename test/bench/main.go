@@ -703,43 +703,13 @@ func (b *bench) runCold() error {
 		return err
 	}
 	wait()
-	c := b.obs.counts(ns)
-	res := scenarioResult{Name: "cold start", N: n, LatencyFrom: "provisioner start", Load: load,
-		AllBound: dur(c.lastBound.Sub(start)), AllPVs: dur(c.lastPVAdd.Sub(start))}
-	res.setCPU(cpu, b.takeCPU())
-	var lat []time.Duration
-	for _, s := range b.obs.samples(ns) {
-		lat = append(lat, s.bound.Sub(start))
-	}
-	res.setLatencies(lat)
-	if b.floorDur > 0 {
-		res.FloorRatio = float64(c.lastPVAdd.Sub(start)) / float64(b.floorDur)
-	}
-	reqs, err := b.requestsSince(start)
+	res, reqs, err := b.provisioned(scenarioResult{Name: "cold start", N: n, LatencyFrom: "provisioner start", Load: load}, ns, start, cpu)
 	if err != nil {
 		return err
 	}
-	res.setRequests(reqs, n)
-	res.PeakRSS = b.peakRSS.Load()
 	fmt.Printf("    all Bound %s after start, all PVs %s, %.2f requests/claim (%s)\n", res.AllBound, res.AllPVs, res.RequestsPerClaim, reqs)
 
-	step(fmt.Sprintf("Releasing the %d claims", n))
-	relStart := time.Now()
-	took, relCPU, err := b.release(ns, n)
-	if err != nil {
-		return err
-	}
-	res.Delete = dur(took)
-	res.DeleteCPU = relCPU
-	reqs, err = b.requestsSince(relStart)
-	if err != nil {
-		return err
-	}
-	res.DeleteRequests = reqs.String()
-	res.DeleteRequestsPerClaim = float64(reqs.total()) / float64(n)
-	fmt.Printf("    all PVs gone and directories archived in %s, %.2f requests/claim (%s)\n", res.Delete, res.DeleteRequestsPerClaim, reqs)
-	b.results.Scenarios = append(b.results.Scenarios, res)
-	return nil
+	return b.releaseAll(ns, n, res)
 }
 
 // runBurst: N claims created at once against a ready provisioner.
@@ -767,47 +737,14 @@ func (b *bench) runBurst() error {
 		return err
 	}
 	wait()
-	c := b.obs.counts(ns)
-	res := scenarioResult{Name: "burst", N: n, LatencyFrom: "claim creation", Load: load,
-		AllBound: dur(c.lastBound.Sub(start)), AllPVs: dur(c.lastPVAdd.Sub(start)), CreatedIn: dur(created)}
-	res.setCPU(cpu, b.takeCPU())
-	samples := b.obs.samples(ns)
-	var lat []time.Duration
-	for _, s := range samples {
-		lat = append(lat, s.bound.Sub(s.created))
-	}
-	res.setLatencies(lat)
-	res.setStages(samples)
-	if b.floorDur > 0 {
-		res.FloorRatio = float64(c.lastPVAdd.Sub(start)) / float64(b.floorDur)
-	}
-	reqs, err := b.requestsSince(start)
+	res, reqs, err := b.provisioned(scenarioResult{Name: "burst", N: n, LatencyFrom: "claim creation", Load: load, CreatedIn: dur(created)}, ns, start, cpu)
 	if err != nil {
 		return err
 	}
-	res.setRequests(reqs, n)
-	res.PeakRSS = b.peakRSS.Load()
-	res.points = toPoints(samples, start)
 	fmt.Printf("    created in %s, all Bound %s after the first, p50 %s p99 %s, %.2f requests/claim (%s)\n",
 		res.CreatedIn, res.AllBound, res.P50, res.P99, res.RequestsPerClaim, reqs)
 
-	step(fmt.Sprintf("Releasing the %d claims", n))
-	relStart := time.Now()
-	took, relCPU, err := b.release(ns, n)
-	if err != nil {
-		return err
-	}
-	res.Delete = dur(took)
-	res.DeleteCPU = relCPU
-	reqs, err = b.requestsSince(relStart)
-	if err != nil {
-		return err
-	}
-	res.DeleteRequests = reqs.String()
-	res.DeleteRequestsPerClaim = float64(reqs.total()) / float64(n)
-	fmt.Printf("    all PVs gone and directories archived in %s, %.2f requests/claim (%s)\n", res.Delete, res.DeleteRequestsPerClaim, reqs)
-	b.results.Scenarios = append(b.results.Scenarios, res)
-	return nil
+	return b.releaseAll(ns, n, res)
 }
 
 // runSteady: claims at a fixed rate, each create on its own goroutine so a
@@ -835,34 +772,69 @@ func (b *bench) runSteady() error {
 	if err := b.obs.waitFor(b.ctx, ns, 5*time.Minute, "all claims Bound", func(c nsCounts) bool { return c.bound >= n }); err != nil {
 		return err
 	}
+	res, reqs, err := b.provisioned(scenarioResult{Name: fmt.Sprintf("steady %g/s", b.o.rate), N: n, LatencyFrom: "claim creation", Load: load}, ns, start, cpu)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    p50 %s p99 %s max %s, %.2f requests/claim (%s)\n", res.P50, res.P99, res.Max, res.RequestsPerClaim, reqs)
+
+	return b.releaseAll(ns, n, res)
+}
+
+// provisioned completes res for a scenario whose claims in ns are all Bound:
+// times since start, CPU since cpu, latencies (from start when
+// res.LatencyFrom names the provisioner's start, else from each claim's
+// creation), the provisioner's requests and peak memory.
+func (b *bench) provisioned(res scenarioResult, ns string, start time.Time, cpu cpuSnapshot) (scenarioResult, requestCounts, error) {
 	c := b.obs.counts(ns)
-	res := scenarioResult{Name: fmt.Sprintf("steady %g/s", b.o.rate), N: n, LatencyFrom: "claim creation", Load: load,
-		AllBound: dur(c.lastBound.Sub(start)), AllPVs: dur(c.lastPVAdd.Sub(start))}
+	res.AllBound, res.AllPVs = dur(c.lastBound.Sub(start)), dur(c.lastPVAdd.Sub(start))
 	res.setCPU(cpu, b.takeCPU())
+	fromStart := res.LatencyFrom == "provisioner start"
 	samples := b.obs.samples(ns)
 	var lat []time.Duration
 	for _, s := range samples {
-		lat = append(lat, s.bound.Sub(s.created))
+		if fromStart {
+			lat = append(lat, s.bound.Sub(start))
+		} else {
+			lat = append(lat, s.bound.Sub(s.created))
+		}
 	}
 	res.setLatencies(lat)
-	res.setStages(samples)
+	if !fromStart {
+		res.setStages(samples)
+		res.points = toPoints(samples, start)
+	}
+	// Only a batch of claims has a floor to compare with.
+	if b.floorDur > 0 && !strings.HasPrefix(res.Name, "steady") {
+		res.FloorRatio = float64(c.lastPVAdd.Sub(start)) / float64(b.floorDur)
+	}
+	reqs, err := b.requestsSince(start)
+	if err != nil {
+		return res, nil, err
+	}
+	res.setRequests(reqs, res.N)
+	res.PeakRSS = b.peakRSS.Load()
+	return res, reqs, nil
+}
+
+// releaseAll releases the n claims of a scenario, records in res how long
+// that took, its CPU and the provisioner's requests, and adds res to the
+// results.
+func (b *bench) releaseAll(ns string, n int, res scenarioResult) error {
+	step(fmt.Sprintf("Releasing the %d claims", n))
+	start := time.Now()
+	took, cpu, err := b.release(ns, n)
+	if err != nil {
+		return err
+	}
+	res.Delete, res.DeleteCPU = dur(took), cpu
 	reqs, err := b.requestsSince(start)
 	if err != nil {
 		return err
 	}
-	res.setRequests(reqs, n)
-	res.PeakRSS = b.peakRSS.Load()
-	res.points = toPoints(samples, start)
-	fmt.Printf("    p50 %s p99 %s max %s, %.2f requests/claim (%s)\n", res.P50, res.P99, res.Max, res.RequestsPerClaim, reqs)
-
-	step(fmt.Sprintf("Releasing the %d claims", n))
-	took, relCPU, err := b.release(ns, n)
-	if err != nil {
-		return err
-	}
-	res.Delete = dur(took)
-	res.DeleteCPU = relCPU
-	fmt.Printf("    all PVs gone and directories archived in %s\n", res.Delete)
+	res.DeleteRequests = reqs.String()
+	res.DeleteRequestsPerClaim = float64(reqs.total()) / float64(n)
+	fmt.Printf("    all PVs gone and directories archived in %s, %.2f requests/claim (%s)\n", res.Delete, res.DeleteRequestsPerClaim, reqs)
 	b.results.Scenarios = append(b.results.Scenarios, res)
 	return nil
 }
