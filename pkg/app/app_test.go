@@ -128,7 +128,7 @@ func waitForEvent(ctx context.Context, t *testing.T, client *fake.Clientset, obj
 }
 
 // The API server encodes watch events once per content type: a JSON client
-// next to the protobuf controller-manager doubles its encoding work.
+// next to the protobuf controller-manager adds an encoding of every event.
 func TestRestConfigSpeaksProtobuf(t *testing.T) {
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	require.NoError(t, os.WriteFile(kubeconfig, []byte(`apiVersion: v1

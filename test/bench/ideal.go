@@ -176,22 +176,10 @@ func (b *bench) runIdeal() error {
 		res := scenarioResult{Name: name, N: n, Load: load, LatencyFrom: "claim creation",
 			AllBound: dur(c.lastBound.Sub(start)), AllPVs: dur(c.lastPVAdd.Sub(start))}
 		res.setCPU(cpu, b.takeCPU())
-		samples := b.obs.samples(ns)
-		var lat []time.Duration
-		for _, s := range samples {
-			if mode == "cold" {
-				lat = append(lat, s.bound.Sub(start))
-			} else {
-				lat = append(lat, s.bound.Sub(s.created))
-			}
-		}
 		if mode == "cold" {
 			res.LatencyFrom = "ideal provisioner start"
 		}
-		res.setLatencies(lat)
-		if mode != "cold" {
-			res.setStages(samples)
-		}
+		res.setLatencies(b.obs.samples(ns), start, mode == "cold")
 		fmt.Printf("    all Bound %s, all PVs %s\n", res.AllBound, res.AllPVs)
 
 		relStart := time.Now()

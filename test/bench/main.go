@@ -703,10 +703,11 @@ func (b *bench) runCold() error {
 		return err
 	}
 	wait()
-	res, reqs, err := b.provisioned(scenarioResult{Name: "cold start", N: n, LatencyFrom: "provisioner start", Load: load}, ns, start, cpu)
+	res, reqs, err := b.provisioned(scenarioResult{Name: "cold start", N: n, Load: load}, ns, start, cpu, true)
 	if err != nil {
 		return err
 	}
+	res.FloorRatio = b.floorRatio(res.AllPVs)
 	fmt.Printf("    all Bound %s after start, all PVs %s, %.2f requests/claim (%s)\n", res.AllBound, res.AllPVs, res.RequestsPerClaim, reqs)
 
 	return b.releaseAll(ns, n, res)
@@ -737,10 +738,11 @@ func (b *bench) runBurst() error {
 		return err
 	}
 	wait()
-	res, reqs, err := b.provisioned(scenarioResult{Name: "burst", N: n, LatencyFrom: "claim creation", Load: load, CreatedIn: dur(created)}, ns, start, cpu)
+	res, reqs, err := b.provisioned(scenarioResult{Name: "burst", N: n, Load: load, CreatedIn: dur(created)}, ns, start, cpu, false)
 	if err != nil {
 		return err
 	}
+	res.FloorRatio = b.floorRatio(res.AllPVs)
 	fmt.Printf("    created in %s, all Bound %s after the first, p50 %s p99 %s, %.2f requests/claim (%s)\n",
 		res.CreatedIn, res.AllBound, res.P50, res.P99, res.RequestsPerClaim, reqs)
 
@@ -772,7 +774,7 @@ func (b *bench) runSteady() error {
 	if err := b.obs.waitFor(b.ctx, ns, 5*time.Minute, "all claims Bound", func(c nsCounts) bool { return c.bound >= n }); err != nil {
 		return err
 	}
-	res, reqs, err := b.provisioned(scenarioResult{Name: fmt.Sprintf("steady %g/s", b.o.rate), N: n, LatencyFrom: "claim creation", Load: load}, ns, start, cpu)
+	res, reqs, err := b.provisioned(scenarioResult{Name: fmt.Sprintf("steady %g/s", b.o.rate), N: n, Load: load}, ns, start, cpu, false)
 	if err != nil {
 		return err
 	}
@@ -782,31 +784,21 @@ func (b *bench) runSteady() error {
 }
 
 // provisioned completes res for a scenario whose claims in ns are all Bound:
-// times since start, CPU since cpu, latencies (from start when
-// res.LatencyFrom names the provisioner's start, else from each claim's
-// creation), the provisioner's requests and peak memory.
-func (b *bench) provisioned(res scenarioResult, ns string, start time.Time, cpu cpuSnapshot) (scenarioResult, requestCounts, error) {
+// times since start, CPU since cpu, latencies (from start when fromStart,
+// the provisioner's start in a cold start, else from each claim's creation),
+// the provisioner's requests and peak memory.
+func (b *bench) provisioned(res scenarioResult, ns string, start time.Time, cpu cpuSnapshot, fromStart bool) (scenarioResult, requestCounts, error) {
 	c := b.obs.counts(ns)
 	res.AllBound, res.AllPVs = dur(c.lastBound.Sub(start)), dur(c.lastPVAdd.Sub(start))
 	res.setCPU(cpu, b.takeCPU())
-	fromStart := res.LatencyFrom == "provisioner start"
+	res.LatencyFrom = "claim creation"
+	if fromStart {
+		res.LatencyFrom = "provisioner start"
+	}
 	samples := b.obs.samples(ns)
-	var lat []time.Duration
-	for _, s := range samples {
-		if fromStart {
-			lat = append(lat, s.bound.Sub(start))
-		} else {
-			lat = append(lat, s.bound.Sub(s.created))
-		}
-	}
-	res.setLatencies(lat)
+	res.setLatencies(samples, start, fromStart)
 	if !fromStart {
-		res.setStages(samples)
 		res.points = toPoints(samples, start)
-	}
-	// Only a batch of claims has a floor to compare with.
-	if b.floorDur > 0 && !strings.HasPrefix(res.Name, "steady") {
-		res.FloorRatio = float64(c.lastPVAdd.Sub(start)) / float64(b.floorDur)
 	}
 	reqs, err := b.requestsSince(start)
 	if err != nil {
@@ -815,6 +807,15 @@ func (b *bench) provisioned(res scenarioResult, ns string, start time.Time, cpu 
 	res.setRequests(reqs, res.N)
 	res.PeakRSS = b.peakRSS.Load()
 	return res, reqs, nil
+}
+
+// floorRatio is how many times the floor's time a batch of PVs took; 0
+// when the floor did not run.
+func (b *bench) floorRatio(allPVs dur) float64 {
+	if b.floorDur == 0 {
+		return 0
+	}
+	return float64(allPVs) / float64(b.floorDur)
 }
 
 // releaseAll releases the n claims of a scenario, records in res how long

@@ -166,7 +166,21 @@ func (r *scenarioResult) setStages(samples []sample) {
 	r.Stages = strings.Join([]string{f("PV controller annotates", annotate), f("provisioner creates PV", provision), f("PV controller binds", bind)}, "; ")
 }
 
-func (r *scenarioResult) setLatencies(lat []time.Duration) {
+// setLatencies sets the p50, p99 and max claim-to-Bound latency of samples,
+// counted from start when fromStart (a cold start), else from each claim's
+// creation, and then also where that time went (setStages).
+func (r *scenarioResult) setLatencies(samples []sample, start time.Time, fromStart bool) {
+	var lat []time.Duration
+	for _, s := range samples {
+		from := s.created
+		if fromStart {
+			from = start
+		}
+		lat = append(lat, s.bound.Sub(from))
+	}
+	if !fromStart {
+		r.setStages(samples)
+	}
 	if len(lat) == 0 {
 		return
 	}
@@ -235,9 +249,9 @@ type check struct {
 	what string
 	got  string
 	ok   bool
-	// ideal is what the ideal provisioner reached on the same target in
-	// this bench run ("" when it did not run): when it misses too, no
-	// provisioner can meet the target on this machine and control plane.
+	// ideal is what the ideal provisioner's median run reached on the same
+	// target in this bench run ("" when it did not run): when it misses
+	// too, no provisioner meets the target reliably on this machine.
 	ideal   string
 	idealOK bool
 }
