@@ -39,7 +39,7 @@ func ParseOnDelete(s string) (OnDelete, error) {
 	case Delete, Retain, Archive:
 		return p, nil
 	}
-	return "", fmt.Errorf("%q is not one of %s, %s, %s", s, Delete, Retain, Archive)
+	return "", fmt.Errorf("%s is not one of %s, %s, %s", volpath.Quote(s), Delete, Retain, Archive)
 }
 
 // DefaultMode is the incumbent's: every directory world-writable, so any pod
@@ -52,7 +52,7 @@ type Class struct {
 	// (archive unless "false").
 	OnDelete    OnDelete
 	PathPattern string
-	// Mode holds permission bits, setuid/setgid and sticky included.
+	// Mode holds permission bits, setgid and sticky included.
 	Mode os.FileMode
 	// UID and GID are nil when the owner is left as created (the
 	// provisioner's own user).
@@ -67,7 +67,7 @@ func Parse(p map[string]string) (Class, error) {
 	c := Class{OnDelete: Archive, Mode: DefaultMode}
 	var problems []string
 	bad := func(key, format string, args ...any) {
-		problems = append(problems, fmt.Sprintf("parameter %q: ", key)+fmt.Sprintf(format, args...))
+		problems = append(problems, fmt.Sprintf("parameter %s: ", volpath.Quote(key))+fmt.Sprintf(format, args...))
 	}
 
 	keys := make([]string, 0, len(p))
@@ -81,7 +81,7 @@ func Parse(p map[string]string) (Class, error) {
 		case KeyArchiveOnDelete:
 			archive, err := strconv.ParseBool(v)
 			if err != nil {
-				bad(key, "%q is not a boolean (use \"true\" or \"false\")", v)
+				bad(key, "%s is not a boolean (use \"true\" or \"false\")", volpath.Quote(v))
 			} else if !archive && p[KeyOnDelete] == "" {
 				c.OnDelete = Delete
 			}
@@ -99,15 +99,20 @@ func Parse(p map[string]string) (Class, error) {
 			c.PathPattern = v
 		case KeyMode:
 			m, err := strconv.ParseUint(v, 8, 32)
-			if err != nil || m > 0o7777 {
-				bad(key, "%q is not an octal file mode between 0000 and 7777 (e.g. \"0770\" or \"2775\")", v)
-			} else {
+			switch {
+			case err != nil || m > 0o7777:
+				bad(key, "%s is not an octal file mode between 0000 and 3777 (e.g. \"0770\" or \"2775\")", volpath.Quote(v))
+			case m&0o4000 != 0:
+				// Linux ignores setuid on directories; accepting it would
+				// promise something that doesn't happen.
+				bad(key, "%s sets setuid (4000), which means nothing on a directory: use permission bits, setgid (2000) and sticky (1000) only", volpath.Quote(v))
+			default:
 				c.Mode = fileMode(uint32(m))
 			}
 		case KeyUID, KeyGID:
 			id, err := strconv.ParseUint(v, 10, 31)
 			if err != nil {
-				bad(key, "%q is not a numeric id between 0 and 2147483647", v)
+				bad(key, "%s is not a numeric id between 0 and 2147483647", volpath.Quote(v))
 				continue
 			}
 			n := int(id)
@@ -119,7 +124,7 @@ func Parse(p map[string]string) (Class, error) {
 		case KeyAllowSharedPath:
 			shared, err := strconv.ParseBool(v)
 			if err != nil {
-				bad(key, "%q is not a boolean (use \"true\" or \"false\")", v)
+				bad(key, "%s is not a boolean (use \"true\" or \"false\")", volpath.Quote(v))
 			}
 			c.AllowSharedPath = shared
 		default:
@@ -137,13 +142,10 @@ func Keys() []string {
 	return []string{KeyArchiveOnDelete, KeyOnDelete, KeyPathPattern, KeyMode, KeyUID, KeyGID, KeyAllowSharedPath}
 }
 
-// fileMode maps Unix mode bits to os.FileMode, whose setuid, setgid and
-// sticky bits live elsewhere.
+// fileMode maps Unix mode bits to os.FileMode, whose setgid and sticky
+// bits live elsewhere.
 func fileMode(m uint32) os.FileMode {
 	mode := os.FileMode(m & 0o777)
-	if m&0o4000 != 0 {
-		mode |= os.ModeSetuid
-	}
 	if m&0o2000 != 0 {
 		mode |= os.ModeSetgid
 	}

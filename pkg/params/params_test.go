@@ -2,6 +2,7 @@ package params
 
 import (
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -49,9 +50,25 @@ func TestParse(t *testing.T) {
 			in:   map[string]string{"mode": "755"},
 			want: Class{OnDelete: Archive, Mode: 0o755},
 		},
-		"setuid and sticky": {
-			in:   map[string]string{"mode": "5700"},
-			want: Class{OnDelete: Archive, Mode: 0o700 | os.ModeSetuid | os.ModeSticky},
+		"setgid and sticky": {
+			in:   map[string]string{"mode": "3770"},
+			want: Class{OnDelete: Archive, Mode: 0o770 | os.ModeSetgid | os.ModeSticky},
+		},
+		"sticky alone": {
+			in:   map[string]string{"mode": "1777"},
+			want: Class{OnDelete: Archive, Mode: 0o777 | os.ModeSticky},
+		},
+		"setuid refused": {
+			in:      map[string]string{"mode": "4755"},
+			wantErr: []string{`parameter "mode": "4755" sets setuid (4000), which means nothing on a directory`},
+		},
+		"setuid with sticky refused": {
+			in:      map[string]string{"mode": "5700"},
+			wantErr: []string{`parameter "mode": "5700" sets setuid`},
+		},
+		"every special bit refused": {
+			in:      map[string]string{"mode": "7777"},
+			wantErr: []string{`parameter "mode": "7777" sets setuid`},
 		},
 		"bad onDelete": {
 			in:      map[string]string{"onDelete": "Delete"},
@@ -89,6 +106,10 @@ func TestParse(t *testing.T) {
 			in:      map[string]string{"archiveOnDelet": "false"},
 			wantErr: []string{`parameter "archiveOnDelet": unknown; allowed are archiveOnDelete, onDelete, pathPattern, mode, uid, gid, allowSharedPath`},
 		},
+		"long value quoted truncated": {
+			in:      map[string]string{"mode": strings.Repeat("9", 1<<16)},
+			wantErr: []string{`parameter "mode": "999`, `... (65536 bytes) is not an octal file mode`},
+		},
 		"every problem at once": {
 			in:      map[string]string{"onDelete": "x", "mode": "x", "bogus": "1"},
 			wantErr: []string{`"onDelete"`, `"mode"`, `"bogus"`},
@@ -103,6 +124,7 @@ func TestParse(t *testing.T) {
 				for _, s := range tc.wantErr {
 					assert.Contains(t, err.Error(), s)
 				}
+				assert.Less(t, len(err.Error()), 1024, "values are quoted truncated")
 				return
 			}
 			require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -18,6 +19,30 @@ const (
 	MaxSegmentBytes = 255
 	MaxPathBytes    = 4096
 )
+
+// MaxDepth bounds the segments of a new volume's directory. Each one is a
+// key of the provisioner's directory index and a directory to create, so a
+// claim must not pick thousands of them; existing PVs are not held to it.
+const MaxDepth = 32
+
+// maxQuoted is how much of a value Quote shows.
+const maxQuoted = 128
+
+// Quote quotes a value for an error, Event or log line: its first 128 bytes
+// and, when longer, its total length. Values come from claims and classes,
+// and an Event repeats its message on every retry and is kept in
+// client-go's event caches, so a 256 KiB annotation must not be copied into
+// it whole.
+func Quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:cut], len(s))
+}
 
 // ErrUnsafe is wrapped by every refusal of Validate, so callers can tell a
 // hostile or broken input from an infrastructure failure.
@@ -87,11 +112,11 @@ func Resolve(tmpl string, c Claim) (string, error) {
 	}
 	err := Validate(rel)
 	if err == nil {
-		err = checkNotArchive(rel)
+		err = checkNew(rel)
 	}
 	if err != nil {
 		if tmpl != "" {
-			return "", fmt.Errorf("pathPattern %q gives %q: %w", tmpl, rel, err)
+			return "", fmt.Errorf("pathPattern %s gives %s: %w", Quote(tmpl), Quote(rel), err)
 		}
 		return "", err
 	}
@@ -103,11 +128,23 @@ func Resolve(tmpl string, c Claim) (string, error) {
 // released volume.
 const ArchivePrefix = "archived-"
 
-func checkNotArchive(rel string) error {
+// checkNew holds a new volume's valid directory to what only new volumes
+// must respect: no archive names, at most MaxDepth segments.
+func checkNew(rel string) error {
+	if err := checkDepth(rel); err != nil {
+		return err
+	}
 	for _, seg := range strings.Split(rel, "/") {
 		if strings.HasPrefix(seg, ArchivePrefix) {
-			return fmt.Errorf("%w: %q uses the %q prefix reserved for archives of released volumes", ErrUnsafe, rel, ArchivePrefix)
+			return fmt.Errorf("%w: %s uses the %q prefix reserved for archives of released volumes", ErrUnsafe, Quote(rel), ArchivePrefix)
 		}
+	}
+	return nil
+}
+
+func checkDepth(rel string) error {
+	if depth := strings.Count(rel, "/") + 1; depth > MaxDepth {
+		return fmt.Errorf("%w: %s has %d segments, more than %d", ErrUnsafe, Quote(rel), depth, MaxDepth)
 	}
 	return nil
 }
@@ -123,23 +160,23 @@ func Validate(rel string) error {
 	case len(rel) > MaxPathBytes:
 		return fmt.Errorf("%w: longer than %d bytes", ErrUnsafe, MaxPathBytes)
 	case strings.HasPrefix(rel, "/"):
-		return fmt.Errorf("%w: %q is absolute; directories are relative to the export", ErrUnsafe, rel)
+		return fmt.Errorf("%w: %s is absolute; directories are relative to the export", ErrUnsafe, Quote(rel))
 	case !utf8.ValidString(rel):
-		return fmt.Errorf("%w: %q is not valid UTF-8", ErrUnsafe, rel)
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrUnsafe, Quote(rel))
 	}
 	for _, r := range rel {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return fmt.Errorf("%w: %q contains control character %U", ErrUnsafe, rel, r)
+			return fmt.Errorf("%w: %s contains control character %U", ErrUnsafe, Quote(rel), r)
 		}
 	}
 	for _, seg := range strings.Split(rel, "/") {
 		switch {
 		case seg == "":
-			return fmt.Errorf("%w: %q has an empty segment (a missing label or annotation, or a doubled or trailing \"/\")", ErrUnsafe, rel)
+			return fmt.Errorf("%w: %s has an empty segment (a missing label or annotation, or a doubled or trailing \"/\")", ErrUnsafe, Quote(rel))
 		case seg == "." || seg == "..":
-			return fmt.Errorf("%w: %q has a %q segment", ErrUnsafe, rel, seg)
+			return fmt.Errorf("%w: %s has a %q segment", ErrUnsafe, Quote(rel), seg)
 		case len(seg) > MaxSegmentBytes:
-			return fmt.Errorf("%w: segment %.20q... is longer than %d bytes", ErrUnsafe, seg, MaxSegmentBytes)
+			return fmt.Errorf("%w: segment %s is longer than %d bytes", ErrUnsafe, Quote(seg), MaxSegmentBytes)
 		}
 	}
 	return nil
@@ -158,7 +195,7 @@ func NFSPath(exportPath, rel string) string {
 func FromNFSPath(exportPath, nfsPath string) (string, error) {
 	root := path.Join("/", exportPath)
 	if nfsPath == "" || !strings.HasPrefix(nfsPath, "/") {
-		return "", fmt.Errorf("%w: nfs.path %q is not an absolute path", ErrUnsafe, nfsPath)
+		return "", fmt.Errorf("%w: nfs.path %s is not an absolute path", ErrUnsafe, Quote(nfsPath))
 	}
 	clean := path.Clean(nfsPath)
 	var rel string
@@ -170,13 +207,13 @@ func FromNFSPath(exportPath, nfsPath string) (string, error) {
 	case strings.HasPrefix(clean, root+"/"):
 		rel = strings.TrimPrefix(clean, root+"/")
 	default:
-		return "", fmt.Errorf("%w: nfs.path %q is not below the export %q", ErrUnsafe, nfsPath, root)
+		return "", fmt.Errorf("%w: nfs.path %s is not below the export %s", ErrUnsafe, Quote(nfsPath), Quote(root))
 	}
 	if rel == "" {
-		return "", fmt.Errorf("%w: nfs.path %q is the export root itself", ErrUnsafe, nfsPath)
+		return "", fmt.Errorf("%w: nfs.path %s is the export root itself", ErrUnsafe, Quote(nfsPath))
 	}
 	if err := Validate(rel); err != nil {
-		return "", fmt.Errorf("nfs.path %q: %w", nfsPath, err)
+		return "", fmt.Errorf("nfs.path %s: %w", Quote(nfsPath), err)
 	}
 	return rel, nil
 }
@@ -206,8 +243,15 @@ func CheckPattern(tmpl string) error {
 	if tmpl == "" {
 		return nil
 	}
-	if err := Validate(pattern.ReplaceAllString(tmpl, "x")); err != nil {
-		return fmt.Errorf("pathPattern %q: %w", tmpl, err)
+	// A reference adds segments or leaves one empty (refused), so a pattern
+	// with too many literal segments never gives a valid directory.
+	sample := pattern.ReplaceAllString(tmpl, "x")
+	err := Validate(sample)
+	if err == nil {
+		err = checkDepth(sample)
+	}
+	if err != nil {
+		return fmt.Errorf("pathPattern %s: %w", Quote(tmpl), err)
 	}
 	return nil
 }
