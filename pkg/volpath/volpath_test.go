@@ -196,3 +196,42 @@ func FuzzResolve(f *testing.F) {
 		}
 	})
 }
+
+func TestQuote(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, `"a\"b"`, Quote(`a"b`))
+	assert.Equal(t, `"`+strings.Repeat("a", 128)+`"`, Quote(strings.Repeat("a", 128)))
+	assert.Equal(t, `"`+strings.Repeat("a", 128)+`"... (129 bytes)`, Quote(strings.Repeat("a", 129)))
+	// Never a broken rune at the cut.
+	assert.Equal(t, `"`+strings.Repeat("a", 127)+`"... (131 bytes)`, Quote(strings.Repeat("a", 127)+"éé"))
+	assert.Less(t, len(Quote(strings.Repeat("\x00", 1<<20))), 600)
+}
+
+func TestResolveBoundsWhatItQuotes(t *testing.T) {
+	t.Parallel()
+	c := testClaim()
+	c.Annotations = map[string]string{"p": strings.Repeat("a/", 125<<10)} // 250 KiB
+	_, err := Resolve("${.PVC.namespace}/${.PVC.annotations.p}", c)
+	require.ErrorIs(t, err, ErrUnsafe)
+	assert.Less(t, len(err.Error()), 400, "%.600s", err)
+	assert.Contains(t, err.Error(), "(256007 bytes)", "says how long the value was")
+}
+
+func TestResolveDepth(t *testing.T) {
+	t.Parallel()
+	c := testClaim()
+	deep := func(n int) string { return strings.TrimSuffix(strings.Repeat("d/", n), "/") }
+	c.Annotations = map[string]string{"p": deep(MaxDepth - 1), "q": deep(MaxDepth)}
+	got, err := Resolve("${.PVC.namespace}/${.PVC.annotations.p}", c)
+	require.NoError(t, err)
+	assert.Equal(t, MaxDepth, strings.Count(got, "/")+1)
+	_, err = Resolve("${.PVC.namespace}/${.PVC.annotations.q}", c)
+	require.ErrorIs(t, err, ErrUnsafe)
+	assert.Contains(t, err.Error(), "has 33 segments, more than 32")
+
+	require.NoError(t, CheckPattern(deep(MaxDepth-1)+"/${.PVC.name}"))
+	require.ErrorContains(t, CheckPattern(deep(MaxDepth)+"/${.PVC.name}"), "more than 32")
+	// Existing volumes deeper than that are still recognized.
+	_, err = FromNFSPath("/srv", "/srv/"+deep(2*MaxDepth))
+	assert.NoError(t, err)
+}
