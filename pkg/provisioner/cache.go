@@ -1,7 +1,6 @@
 package provisioner
 
 import (
-	"strings"
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
@@ -29,7 +28,7 @@ const annDirectoryIsPath = "nfs.kube-nfs.io/(directory is spec.nfs.path)"
 // thousands of PVs repeat. A cached PV costs about a third of a decoded one.
 // Cached objects are never modified, so sharing is safe.
 type Compactor struct {
-	provisionerName, server, exportPath string
+	provisionerName, exportPath string
 
 	mu      sync.Mutex
 	strings map[string]string
@@ -42,16 +41,18 @@ type annotationKey struct{ provisionedBy, migratedTo, onDelete string }
 const maxShared = 1024
 
 // NewCompactor returns a Compactor for the PVs of one provisioner and export.
-func NewCompactor(provisionerName, server, exportPath string) *Compactor {
+// Like Indexers, it ignores the server (the parameter stays for callers).
+func NewCompactor(provisionerName, _, exportPath string) *Compactor {
 	return &Compactor{
-		provisionerName: provisionerName, server: server, exportPath: exportPath,
+		provisionerName: provisionerName, exportPath: exportPath,
 		strings: map[string]string{}, maps: map[annotationKey]map[string]string{},
 	}
 }
 
 // Keep reports whether the provisioner or the library may ever read pv:
-// PVs that name this provisioner (it may be asked to delete them) and PVs on
-// its NFS server (their directories must not be reused), whoever made them.
+// PVs that name this provisioner (it may be asked to delete them) and NFS
+// PVs below its export, whatever server they name and whoever made them
+// (their directories must not be reused; see Indexers).
 func (c *Compactor) Keep(pv *v1.PersistentVolume) bool {
 	a := pv.Annotations
 	switch {
@@ -60,7 +61,8 @@ func (c *Compactor) Keep(pv *v1.PersistentVolume) bool {
 	case pv.Spec.CSI != nil && pv.Spec.CSI.Driver == c.provisionerName:
 		return true
 	}
-	return pv.Spec.NFS != nil && strings.EqualFold(pv.Spec.NFS.Server, c.server)
+	_, below := directoryOnExport(pv, c.exportPath)
+	return below
 }
 
 // Compact returns a reduced copy of pv.
@@ -107,7 +109,7 @@ func (c *Compactor) annotations(pv *v1.PersistentVolume) map[string]string {
 	if !hasDir || dir == "" {
 		return c.ownMap(a)
 	}
-	if derived, ok := directoryOnExport(pv, c.server, c.exportPath); !ok || derived != dir {
+	if derived, ok := directoryOnExport(pv, c.exportPath); !ok || derived != dir {
 		return c.ownMap(a)
 	}
 	provisionedBy, hasP := a[annProvisionedBy]

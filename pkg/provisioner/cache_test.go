@@ -75,8 +75,8 @@ func TestCompactKeepsWhatIsRead(t *testing.T) {
 			assert.True(t, c.Keep(pv), "every case is on our server or names us")
 			small := c.Compact(pv)
 
-			dir, policy, err := e.p.recordOf(pv)
-			cdir, cpolicy, cerr := e.p.recordOf(small)
+			dir, policy, err := e.p.recordOf(context.Background(), pv)
+			cdir, cpolicy, cerr := e.p.recordOf(context.Background(), small)
 			assert.Equal(t, dir, cdir)
 			assert.Equal(t, policy, cpolicy)
 			assert.Equal(t, err, cerr)
@@ -143,6 +143,9 @@ func TestKeep(t *testing.T) {
 	csi.Spec.CSI.Driver = "other"
 	assert.False(t, c.Keep(csi), "another driver's PV")
 	assert.False(t, c.Keep(fullPV("nfs", "other.example.com", "/x", nil)), "NFS elsewhere, not ours")
+	assert.False(t, c.Keep(fullPV("nfs", testServer, "/x", nil)), "our server, outside the export")
+	assert.True(t, c.Keep(fullPV("nfs", "10.0.0.1", testPath+"/x", nil)), "below our export, server spelled otherwise")
+	assert.True(t, c.Keep(fullPV("nfs", "NFS.example.com.", testPath+"/x", nil)), "below our export, server spelled otherwise")
 	assert.True(t, c.Keep(fullPV("nfs", "other.example.com", "/x", map[string]string{annProvisionedBy: testProvisioner})), "ours, whatever the server")
 }
 

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"path"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	v1 "k8s.io/api/core/v1"
@@ -25,17 +28,25 @@ const (
 	ancestorIndex = "nfs-directory-ancestor"
 )
 
-// Indexers returns the PV informer indexers the provisioner relies on. Any PV
-// on this server and export counts, whoever made it: static PVs and the
-// incumbent's included.
-func Indexers(server, exportPath string) cache.Indexers {
+// Indexers returns the PV informer indexers the provisioner relies on. Any
+// NFS PV whose path lies below the export counts, whoever made it (static
+// PVs and the incumbent's included) and whatever server it names: an IP
+// address, another name or another case of NFS_SERVER reach the same
+// directories, and counting a PV of another server only refuses a directory
+// that might have been free. So the server is not read (the parameter stays
+// for the callers).
+//
+// The keys are substrings of spec.nfs.path and cost no string of their own;
+// per PV, the index holds one set entry per segment of its directory, which
+// MaxDepth bounds for the PVs claims make.
+func Indexers(_, exportPath string) cache.Indexers {
 	return cache.Indexers{
 		dirIndex: func(obj any) ([]string, error) {
 			pv, ok := obj.(*v1.PersistentVolume)
 			if !ok {
 				return nil, nil
 			}
-			dir, ok := directoryOnExport(pv, server, exportPath)
+			dir, ok := directoryOnExport(pv, exportPath)
 			if !ok {
 				return nil, nil
 			}
@@ -46,7 +57,7 @@ func Indexers(server, exportPath string) cache.Indexers {
 			if !ok {
 				return nil, nil
 			}
-			dir, ok := directoryOnExport(pv, server, exportPath)
+			dir, ok := directoryOnExport(pv, exportPath)
 			if !ok {
 				return nil, nil
 			}
@@ -55,10 +66,11 @@ func Indexers(server, exportPath string) cache.Indexers {
 	}
 }
 
-// directoryOnExport derives from spec.nfs where on our export a PV lives.
-func directoryOnExport(pv *v1.PersistentVolume, server, exportPath string) (string, bool) {
+// directoryOnExport derives from spec.nfs.path where below the export a PV
+// lives, whatever server it names.
+func directoryOnExport(pv *v1.PersistentVolume, exportPath string) (string, bool) {
 	nfs := pv.Spec.NFS
-	if nfs == nil || !strings.EqualFold(nfs.Server, server) {
+	if nfs == nil {
 		return "", false
 	}
 	dir, err := volpath.FromNFSPath(exportPath, nfs.Path)
@@ -126,40 +138,149 @@ func (p *Provisioner) VolumeAdded(pv *v1.PersistentVolume) {
 
 // recordOf tells which directory a PV uses and what to do with it. Our PVs
 // carry both; the incumbent's are adopted from spec.nfs.path and their class.
-func (p *Provisioner) recordOf(pv *v1.PersistentVolume) (string, params.OnDelete, error) {
+// Unless the policy is to retain, which touches nothing, it refuses a PV
+// whose spec.nfs doesn't name this export (a changed NFS_SERVER or NFS_PATH,
+// a hand-written PV) or whose recorded directory isn't the one its
+// spec.nfs.path mounts, saying what differs rather than guessing which is
+// right.
+func (p *Provisioner) recordOf(ctx context.Context, pv *v1.PersistentVolume) (string, params.OnDelete, error) {
 	dir, ok := pv.Annotations[AnnDirectory]
 	if _, isPath := pv.Annotations[annDirectoryIsPath]; isPath && !ok && pv.Spec.NFS != nil {
 		// A cached PV whose AnnDirectory a Compactor found equal to this.
 		derived, err := volpath.FromNFSPath(p.cfg.ExportPath, pv.Spec.NFS.Path)
 		dir, ok = derived, err == nil
 	}
+	nfs := pv.Spec.NFS
 	if ok {
 		if err := volpath.Validate(dir); err != nil {
 			return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w: restore the value it was provisioned with, or delete the directory by hand and remove the PV's finalizers", AnnDirectory, pv.Name, err)}
 		}
-		raw, ok := pv.Annotations[AnnOnDelete]
-		if !ok {
-			return dir, params.Archive, nil
+		policy := params.Archive
+		if raw, ok := pv.Annotations[AnnOnDelete]; ok {
+			var err error
+			if policy, err = params.ParseOnDelete(raw); err != nil {
+				return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w", AnnOnDelete, pv.Name, err)}
+			}
 		}
-		policy, err := params.ParseOnDelete(raw)
-		if err != nil {
-			return "", "", refusal{fmt.Errorf("annotation %s of PV %q: %w", AnnOnDelete, pv.Name, err)}
+		if policy == params.Retain {
+			return dir, policy, nil
+		}
+		if nfs == nil {
+			return "", "", refuse("PV %q records directory %s but is not an NFS volume: delete the directory by hand, then the PV", pv.Name, volpath.Quote(dir))
+		}
+		if want := volpath.NFSPath(p.cfg.ExportPath, dir); nfs.Path != want {
+			return "", "", refuse("PV %q records directory %s (annotation %s), but its spec.nfs.path is %s, not %s as on this export (NFS_PATH %s): if NFS_PATH changed since, delete the PV with the NFS_PATH it was made with; otherwise delete the directory by hand, then the PV", pv.Name, volpath.Quote(dir), AnnDirectory, volpath.Quote(nfs.Path), volpath.Quote(want), volpath.Quote(p.cfg.ExportPath))
+		}
+		if err := p.checkServer(ctx, pv); err != nil {
+			return "", "", err
 		}
 		return dir, policy, nil
 	}
 
-	nfs := pv.Spec.NFS
 	if nfs == nil {
 		return "", "", refuse("PV %q is not an NFS volume; it was not made by this provisioner", pv.Name)
 	}
-	if !strings.EqualFold(nfs.Server, p.cfg.Server) {
-		return "", "", refuse("PV %q is on NFS server %q, but this provisioner serves %q: delete its directory on that server by hand", pv.Name, nfs.Server, p.cfg.Server)
+	if err := p.checkServer(ctx, pv); err != nil {
+		return "", "", err
 	}
 	dir, err := volpath.FromNFSPath(p.cfg.ExportPath, nfs.Path)
 	if err != nil {
 		return "", "", refusal{fmt.Errorf("PV %q: %w", pv.Name, err)}
 	}
 	return dir, p.classPolicy(pv.Spec.StorageClassName), nil
+}
+
+// Resolver looks up the addresses of a host name; *net.Resolver implements
+// it.
+type Resolver interface {
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
+// serverLookupTimeout bounds the DNS lookups of one Delete.
+const serverLookupTimeout = 2 * time.Second
+
+// checkServer refuses a PV whose spec.nfs.server isn't this provisioner's
+// server under any spelling.
+func (p *Provisioner) checkServer(ctx context.Context, pv *v1.PersistentVolume) error {
+	resolver := p.cfg.Resolver
+	if resolver == nil {
+		resolver = net.DefaultResolver
+	}
+	ctx, cancel := context.WithTimeout(ctx, serverLookupTimeout)
+	defer cancel()
+	same, err := sameServer(ctx, resolver, pv.Spec.NFS.Server, p.cfg.Server)
+	if err != nil {
+		return fmt.Errorf("PV %q is on NFS server %s and this provisioner serves %s; telling whether both are one server failed: %w", pv.Name, volpath.Quote(pv.Spec.NFS.Server), volpath.Quote(p.cfg.Server), err)
+	}
+	if !same {
+		return refuse("PV %q is on NFS server %s, but this provisioner serves %s (NFS_SERVER) and they share no address: delete its directory on that server by hand, then the PV", pv.Name, volpath.Quote(pv.Spec.NFS.Server), volpath.Quote(p.cfg.Server))
+	}
+	return nil
+}
+
+// sameServer tells whether two spellings of an NFS server name one host:
+// equal but for case, a trailing dot or IPv6 brackets, or, looked up,
+// sharing an address. A name without addresses is no server of ours.
+func sameServer(ctx context.Context, r Resolver, a, b string) (bool, error) {
+	a, b = normalServer(a), normalServer(b)
+	if a == b {
+		return true, nil
+	}
+	_, errA := netip.ParseAddr(a)
+	_, errB := netip.ParseAddr(b)
+	if errA == nil && errB == nil {
+		return false, nil
+	}
+	addrsA, err := addresses(ctx, r, a)
+	if err != nil {
+		return false, err
+	}
+	addrsB, err := addresses(ctx, r, b)
+	if err != nil {
+		return false, err
+	}
+	for _, x := range addrsA {
+		for _, y := range addrsB {
+			if x == y {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
+
+// normalServer lower-cases a server name and drops a trailing dot, or
+// writes an address the way netip does.
+func normalServer(s string) string {
+	s = strings.TrimSuffix(strings.ToLower(s), ".")
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		s = s[1 : len(s)-1]
+	}
+	if addr, err := netip.ParseAddr(s); err == nil {
+		return addr.Unmap().String()
+	}
+	return s
+}
+
+func addresses(ctx context.Context, r Resolver, host string) ([]netip.Addr, error) {
+	if addr, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{addr}, nil
+	}
+	raw, err := r.LookupHost(ctx, host)
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up %s: %w", volpath.Quote(host), err)
+	}
+	var out []netip.Addr
+	for _, s := range raw {
+		if addr, err := netip.ParseAddr(s); err == nil {
+			out = append(out, addr.Unmap())
+		}
+	}
+	return out, nil
 }
 
 // classPolicy reads the delete policy of an incumbent PV's class the way the

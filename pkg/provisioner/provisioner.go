@@ -52,6 +52,9 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// Now is the clock used for archive names; time.Now when nil.
 	Now func() time.Time
+	// Resolver tells whether a PV's server is Server spelled otherwise;
+	// net.DefaultResolver when nil.
+	Resolver Resolver
 }
 
 // Provisioner provisions and deletes directories on one export.
@@ -190,7 +193,7 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 }
 
 func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error {
-	rel, policy, err := p.recordOf(pv)
+	rel, policy, err := p.recordOf(ctx, pv)
 	if err != nil {
 		return err
 	}
