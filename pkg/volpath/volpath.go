@@ -129,14 +129,15 @@ func Resolve(tmpl string, c Claim) (string, error) {
 const ArchivePrefix = "archived-"
 
 // checkNew holds a new volume's valid directory to what only new volumes
-// must respect: no archive names, at most MaxDepth segments.
+// must respect: no archive names, at most MaxDepth segments. Its errors
+// don't repeat rel: the callers say what they checked.
 func checkNew(rel string) error {
 	if err := checkDepth(rel); err != nil {
 		return err
 	}
 	for _, seg := range strings.Split(rel, "/") {
 		if strings.HasPrefix(seg, ArchivePrefix) {
-			return fmt.Errorf("%w: %s uses the %q prefix reserved for archives of released volumes", ErrUnsafe, Quote(rel), ArchivePrefix)
+			return fmt.Errorf("%w: segment %s uses the %q prefix reserved for archives of released volumes", ErrUnsafe, Quote(seg), ArchivePrefix)
 		}
 	}
 	return nil
@@ -144,7 +145,7 @@ func checkNew(rel string) error {
 
 func checkDepth(rel string) error {
 	if depth := strings.Count(rel, "/") + 1; depth > MaxDepth {
-		return fmt.Errorf("%w: %s has %d segments, more than %d", ErrUnsafe, Quote(rel), depth, MaxDepth)
+		return fmt.Errorf("%w: %d segments, more than %d", ErrUnsafe, depth, MaxDepth)
 	}
 	return nil
 }

@@ -227,7 +227,7 @@ func TestResolveDepth(t *testing.T) {
 	assert.Equal(t, MaxDepth, strings.Count(got, "/")+1)
 	_, err = Resolve("${.PVC.namespace}/${.PVC.annotations.q}", c)
 	require.ErrorIs(t, err, ErrUnsafe)
-	assert.Contains(t, err.Error(), "has 33 segments, more than 32")
+	assert.Contains(t, err.Error(), "gives \"team-a/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d\": unsafe directory path: 33 segments, more than 32")
 
 	require.NoError(t, CheckPattern(deep(MaxDepth-1)+"/${.PVC.name}"))
 	require.ErrorContains(t, CheckPattern(deep(MaxDepth)+"/${.PVC.name}"), "more than 32")
