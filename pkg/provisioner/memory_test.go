@@ -35,16 +35,16 @@ func deepDir(i, segLen int) string {
 }
 
 // cacheCost fills a PV informer's indexer, with the provisioner's Indexers,
-// with n compacted PVs at deep directories, and returns the heap the PVs
-// and the indexer (objects, store and indices) take per PV.
-func cacheCost(t *testing.T, n, segLen int) (objects, indexer uint64) {
+// with n compacted PVs at dirOf(i), and returns the heap the PVs and the
+// indexer (its store and indices) take per PV.
+func cacheCost(t *testing.T, n int, dirOf func(i int) string) (objects, indexer uint64) {
 	t.Helper()
 	c := NewCompactor(testProvisioner, testServer, testPath)
 	indexers := Indexers(testServer, testPath)
 	pvs := make([]*v1.PersistentVolume, n)
 	start := liveHeap()
 	for i := range pvs {
-		dir := deepDir(i, segLen)
+		dir := dirOf(i)
 		pvs[i] = c.Compact(fullPV(fmt.Sprintf("pvc-%08d-1111-2222-3333-444455556666", i), testServer, volpath.NFSPath(testPath, dir), ours(dir, "delete")))
 	}
 	filled := liveHeap()
@@ -69,11 +69,14 @@ func TestCacheMemoryOfDeepPaths(t *testing.T) {
 		n = 1000
 	}
 	const longSeg = 127 // 32 segments: a 4095-byte directory, just within MaxPathBytes
-	longObjects, longIndexer := cacheCost(t, n, longSeg)
-	shortObjects, shortIndexer := cacheCost(t, n, 12)
+	longObjects, longIndexer := cacheCost(t, n, func(i int) string { return deepDir(i, longSeg) })
+	shortObjects, shortIndexer := cacheCost(t, n, func(i int) string { return deepDir(i, 12) })
+	typObjects, typIndexer := cacheCost(t, n, func(i int) string { return fmt.Sprintf("team-%02d/data-mysql-%d", i%50, i) })
 	t.Logf("%d PVs, %d segments of %d bytes: PVs %d B each, indexer %d B each, %.1f MiB in all",
 		n, volpath.MaxDepth, longSeg, longObjects, longIndexer, float64(longObjects+longIndexer)*float64(n)/(1<<20))
 	t.Logf("%d PVs, %d segments of 12 bytes: PVs %d B each, indexer %d B each", n, volpath.MaxDepth, shortObjects, shortIndexer)
+	t.Logf("%d PVs at <namespace>/<claim> in 50 namespaces: PVs %d B each, indexer %d B each, %.1f MiB in all",
+		n, typObjects, typIndexer, float64(typObjects+typIndexer)*float64(n)/(1<<20))
 
 	assert.Less(t, longIndexer, shortIndexer+512, "the index must not copy the path per key")
 	assert.Less(t, longObjects+longIndexer, uint64(24<<10), "a deep PV costs under 24 KiB in the cache")
