@@ -119,11 +119,11 @@ type remover struct {
 	name     string // name of the removed directory in parentfd
 	rel      string // path of the removed directory below the root
 
-	fs       fsID
-	levels   [maxLevels + 1]level
-	depth    int   // levels[:depth+1] are open
-	hoisted  int   // directories moved up since levels[0] was last read from its start
-	kept     error // the first entry left in place: a mount point or busy file
+	fs      fsID
+	levels  [maxLevels + 1]level
+	depth   int   // levels[:depth+1] are open
+	hoisted int   // directories moved up since levels[0] was last read from its start
+	kept    error // the first entry left in place: a mount point or busy file
 
 	st    unix.Statx_t
 	empty [1]byte                         // "" for statx
