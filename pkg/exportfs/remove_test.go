@@ -116,14 +116,35 @@ func TestRemoveAllDeep(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	require.NoError(t, f.RemoveAll(ctx, "pvc"))
-	t.Logf("removed %d levels in %s, %d steps", depth, time.Since(start), steps.Load())
+	t.Logf("removed %d levels in %s, %d steps, fds %d to %d", depth, time.Since(start), steps.Load(), base, most.Load())
 	assert.NoFileExists(t, e.in("pvc"))
 	entries, err := os.ReadDir(e.root)
 	require.NoError(t, err)
 	assert.Empty(t, entries)
-	// The root, the parent, and maxLevels+1 levels; one more for reading
-	// /proc/self/fd.
-	assert.LessOrEqual(t, most.Load()-int64(base), int64(maxLevels+4), "descriptors held")
+	// The root, the parent and maxLevels+1 levels, one more for reading
+	// /proc/self/fd: a few, not one per level.
+	assert.LessOrEqual(t, most.Load()-int64(base), int64(16), "descriptors held")
+}
+
+// TestRemoveAllSwappedForLink replaces a directory by a symbolic link to
+// outside between the removal reading its name and opening it: the link is
+// removed, not followed.
+func TestRemoveAllSwappedForLink(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	mkdirs(t, e.in("pvc/d"))
+	symlinks(t, e.outside, e.in("pvc/l"))
+	outside := snapshot(t, e.outside)
+	var steps atomic.Int64
+	e.fs.onStep = func() {
+		// Step 1 opens pvc, step 2 reads its entries.
+		if steps.Add(1) == 2 {
+			assert.NoError(t, unix.Renameat2(unix.AT_FDCWD, e.in("pvc/d"), unix.AT_FDCWD, e.in("pvc/l"), unix.RENAME_EXCHANGE))
+		}
+	}
+	require.NoError(t, e.fs.RemoveAll(context.Background(), "pvc"))
+	assert.NoFileExists(t, e.in("pvc"))
+	assert.Equal(t, outside, snapshot(t, e.outside))
 }
 
 // TestRemoveAllResumes cancels a removal midway: what it removed stays
