@@ -186,7 +186,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		// at 10 per second, which throttles recovery after an export outage.
 		controller.RateLimiter(workqueue.NewItemExponentialFailureRateLimiter(time.Second, 5*time.Minute)),
 		controller.ProvisionTimeout(2*o.FSTimeout),
-		controller.DeletionTimeout(2*o.FSTimeout),
+		controller.DeletionTimeout(10*o.FSTimeout), // one attempt of a huge removal; --fs-timeout bounds each of its steps
 	)
 
 	synced := func() bool {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +39,14 @@ var (
 // with ErrTimeout after waiting for a slot.
 const maxStuck = 64
 
+// maxRemovals bounds how many of those slots RemoveAll calls hold at once; the
+// other removals wait, within their ctx, for one to finish. A removal runs for
+// as long as it makes progress and its ctx allows, so without this bound a few
+// huge or hostile volumes being deleted would hold every slot and starve the
+// short operations: MkdirAll for new claims and the readiness probe's
+// CheckWritable.
+const maxRemovals = maxStuck / 2
+
 // FS performs operations on directories below one root (the mounted export).
 //
 // Every rel argument is a slash-separated path relative to the root, with no
@@ -60,13 +69,18 @@ const maxStuck = 64
 //
 // FS is safe for concurrent use. Create it with New.
 type FS struct {
-	root    string
-	timeout time.Duration
-	slots   chan struct{}
+	root     string
+	timeout  time.Duration
+	slots    chan struct{}
+	removals chan struct{} // held by RemoveAll besides its slot
 
 	// beforeOp, when set (only by tests), runs in the work goroutine before
 	// the operation starts; it lets tests simulate a hung export.
 	beforeOp func()
+	// onStep, when set (only by tests), runs in RemoveAll's work goroutine
+	// after each of its system calls; it lets tests hang, slow down, cancel
+	// or race a removal midway.
+	onStep func()
 }
 
 // New returns an FS for the directory root. A timeout <= 0 bounds operations
@@ -74,9 +88,10 @@ type FS struct {
 // the root.
 func New(root string, timeout time.Duration) *FS {
 	return &FS{
-		root:    filepath.Clean(root),
-		timeout: timeout,
-		slots:   make(chan struct{}, maxStuck),
+		root:     filepath.Clean(root),
+		timeout:  timeout,
+		slots:    make(chan struct{}, maxStuck),
+		removals: make(chan struct{}, maxRemovals),
 	}
 }
 
@@ -121,15 +136,68 @@ func (f *FS) describe(rel string) string {
 // error messages. work receives a context that is cancelled once run returns,
 // so an abandoned operation stops before its next system call.
 func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.Context) (T, error)) (T, error) {
+	return runOp(ctx, f, what, nil, nil, work)
+}
+
+// progress is what a long operation (RemoveAll) reports while it works: the
+// FS timeout then bounds each of its steps, not the whole operation, which
+// only ctx bounds.
+type progress struct {
+	start time.Time    // set by runOp when the work starts
+	last  atomic.Int64 // the time of the last step, in nanoseconds since start
+	done  atomic.Int64 // entries removed
+}
+
+func (p *progress) step() { p.last.Store(int64(time.Since(p.start))) }
+
+// idle returns how long ago the last step (or the start) was.
+func (p *progress) idle() time.Duration {
+	return time.Since(p.start) - time.Duration(p.last.Load())
+}
+
+// note tells, for an error message, what an interrupted operation achieved.
+func (p *progress) note() string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf(" after removing %d entries (they stay removed; the next attempt goes on from there)", p.done.Load())
+}
+
+// stopped is the error for an operation that ctx stopped with cause.
+func (p *progress) stopped(cause error) error {
+	if p == nil {
+		return cause
+	}
+	return fmt.Errorf("stopped%s: %w", p.note(), cause)
+}
+
+// runOp is run for operations that also hold a slot of limit (nil: none),
+// waited for within ctx only, and that report their steps to p (nil: the
+// operation is one step).
+func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, p *progress, work func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
+	if limit != nil {
+		select {
+		case limit <- struct{}{}:
+		case <-ctx.Done():
+			return zero, fmt.Errorf("%s: still waiting for one of the %d removals already running on the export %s to finish: %w",
+				what, cap(limit), f.root, context.Cause(ctx))
+		}
+	}
+	release := func() {
+		if limit != nil {
+			<-limit
+		}
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var timer *time.Timer
 	var expired <-chan time.Time
 	if f.timeout > 0 {
-		timer := time.NewTimer(f.timeout)
+		timer = time.NewTimer(f.timeout)
 		defer timer.Stop()
 		expired = timer.C
 	}
@@ -138,8 +206,10 @@ func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.C
 		select {
 		case f.slots <- struct{}{}:
 		case <-ctx.Done():
+			release()
 			return zero, fmt.Errorf("%s: %w", what, context.Cause(ctx))
 		case <-expired:
+			release()
 			return zero, fmt.Errorf("%s: %d earlier operations on the export %s are still blocked; the export may be hung or unreachable, check the NFS server and the mount: %w",
 				what, maxStuck, f.root, ErrTimeout)
 		}
@@ -149,7 +219,11 @@ func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.C
 		err error
 	}
 	done := make(chan result, 1)
+	if p != nil {
+		p.start = time.Now()
+	}
 	go func() {
+		defer release()
 		if f.slots != nil {
 			defer func() { <-f.slots }()
 		}
@@ -161,13 +235,25 @@ func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.C
 	}()
 
 	var res result
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		res.err = context.Cause(ctx)
-	case <-expired:
-		res.err = fmt.Errorf("no answer within %s; the export %s may be hung or unreachable, check the NFS server and the mount: %w",
-			f.timeout, f.root, ErrTimeout)
+wait:
+	for {
+		select {
+		case res = <-done:
+			break wait
+		case <-ctx.Done():
+			res.err = p.stopped(context.Cause(ctx))
+			break wait
+		case <-expired:
+			if p != nil {
+				if idle := p.idle(); idle < f.timeout {
+					timer.Reset(f.timeout - idle)
+					continue
+				}
+			}
+			res.err = fmt.Errorf("no answer within %s%s; the export %s may be hung or unreachable, check the NFS server and the mount: %w",
+				f.timeout, p.note(), f.root, ErrTimeout)
+			break wait
+		}
 	}
 	// The work may have finished just as time ran out: prefer its result.
 	select {

@@ -416,37 +416,6 @@ func TestRemoveAllMissing(t *testing.T) {
 	}
 }
 
-// TestRemoveAllDeep removes a tree far deeper than PATH_MAX, which needs
-// descriptor-relative operations, and checks that descriptors are not held
-// per level.
-func TestRemoveAllDeep(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t)
-	const depth = 600
-	name := strings.Repeat("d", 100)
-	fd, err := unix.Open(e.root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	require.NoError(t, err)
-	for i := range depth {
-		require.NoError(t, unix.Mkdirat(fd, name, 0o755))
-		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		require.NoError(t, err)
-		unix.Close(fd)
-		fd = next
-		if i%50 == 0 {
-			f, err := unix.Openat(fd, "file", unix.O_CREAT|unix.O_WRONLY, 0o644)
-			require.NoError(t, err)
-			unix.Close(f)
-			require.NoError(t, unix.Mkdirat(fd, "side", 0o755))
-		}
-	}
-	unix.Close(fd)
-
-	require.NoError(t, e.fs.RemoveAll(context.Background(), name))
-	entries, err := os.ReadDir(e.root)
-	require.NoError(t, err)
-	assert.Empty(t, entries)
-}
-
 func TestRemoveAllRefusesRoot(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

@@ -2,8 +2,9 @@ package exportfs
 
 import (
 	"context"
-	"errors"
+	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,28 +34,91 @@ var allOps = map[string]func(ctx context.Context, f *FS) error{
 // hang makes every operation of f block before it starts, as on a hung NFS
 // mount, until the returned function is called (also on cleanup).
 func hang(t *testing.T, f *FS) (release func()) {
-	block := make(chan struct{})
-	var once sync.Once
-	release = func() { once.Do(func() { close(block) }) }
-	t.Cleanup(release)
-	f.beforeOp = func() { <-block }
+	_, release = hangSome(t, f, -1)
 	return release
 }
 
+// hangSome is hang for the first n operations only (all for n < 0); entered
+// receives a value as each blocked operation starts.
+func hangSome(t *testing.T, f *FS, n int) (entered <-chan struct{}, release func()) {
+	block := make(chan struct{})
+	in := make(chan struct{}, 1000)
+	var once sync.Once
+	release = func() { once.Do(func() { close(block) }) }
+	t.Cleanup(release)
+	var calls atomic.Int64
+	f.beforeOp = func() {
+		if n >= 0 && calls.Add(1) > int64(n) {
+			return
+		}
+		in <- struct{}{}
+		<-block
+	}
+	return in, release
+}
+
+// prepare makes what the allOps operation name needs to succeed.
+func prepare(t *testing.T, e *env, name string) {
+	t.Helper()
+	if name == "Rename" {
+		mkdirs(t, e.in("ns/pvc"))
+		require.NoError(t, os.RemoveAll(e.in("ns/archived")))
+	}
+}
+
+// idle waits until no operation of f holds a slot.
+func idle(t *testing.T, f *FS) {
+	t.Helper()
+	require.Eventually(t, func() bool { return len(f.slots) == 0 && len(f.removals) == 0 }, 5*time.Second, time.Millisecond)
+}
+
 func TestTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = 50 * time.Millisecond
+	for name, op := range allOps {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			f := New(e.root, timeout)
+			release := hang(t, f)
+			start := time.Now()
+			err := op(context.Background(), f)
+			elapsed := time.Since(start)
+			require.ErrorIs(t, err, ErrTimeout)
+			assert.GreaterOrEqual(t, elapsed, timeout, "not given up before the timeout")
+			assert.Less(t, elapsed, 2*time.Second)
+			assert.Contains(t, err.Error(), "no answer within 50ms", "the operation itself timed out, not a wait for a slot")
+			assert.Contains(t, err.Error(), "may be hung or unreachable")
+			assert.Contains(t, err.Error(), e.root)
+
+			// Once the export answers again, so does the FS.
+			release()
+			idle(t, f)
+			prepare(t, e, name)
+			require.NoError(t, op(context.Background(), f))
+		})
+	}
+}
+
+// TestFastCallAfterHang checks that an operation stuck on the export does
+// not make the next, fast ones time out or be refused.
+func TestFastCallAfterHang(t *testing.T) {
 	t.Parallel()
 	for name, op := range allOps {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
 			f := New(e.root, 50*time.Millisecond)
-			hang(t, f)
-			start := time.Now()
-			err := op(context.Background(), f)
-			require.ErrorIs(t, err, ErrTimeout)
-			assert.Less(t, time.Since(start), 2*time.Second)
-			assert.Contains(t, err.Error(), "may be hung or unreachable")
-			assert.Contains(t, err.Error(), e.root)
+			_, release := hangSome(t, f, 1)
+			require.ErrorIs(t, op(context.Background(), f), ErrTimeout)
+			assert.Len(t, f.slots, 1, "the stuck call keeps its slot")
+			f.timeout = 5 * time.Second // ample for a fast call on a loaded machine
+			for range 3 {
+				prepare(t, e, name)
+				require.NoError(t, op(context.Background(), f))
+			}
+			release()
+			idle(t, f)
 		})
 	}
 }
@@ -66,9 +130,12 @@ func TestContextDone(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
 			f := New(e.root, time.Hour)
-			hang(t, f)
+			entered, _ := hangSome(t, f, -1)
 			ctx, cancel := context.WithCancel(context.Background())
-			time.AfterFunc(20*time.Millisecond, cancel)
+			go func() {
+				<-entered
+				cancel()
+			}()
 			start := time.Now()
 			err := op(ctx, f)
 			require.ErrorIs(t, err, context.Canceled)
@@ -108,7 +175,7 @@ func TestAbandonedOperationStops(t *testing.T) {
 	_, err := f.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: 0o755})
 	require.ErrorIs(t, err, ErrTimeout)
 	release()
-	require.Eventually(t, func() bool { return len(f.slots) == 0 }, 5*time.Second, time.Millisecond)
+	idle(t, f)
 	assert.NoDirExists(t, e.in("ns"))
 }
 
@@ -142,17 +209,33 @@ func TestStuckOperationsBounded(t *testing.T) {
 	}, 5*time.Second, 5*time.Millisecond)
 }
 
+// TestNoTimeoutWhenFast checks that fast calls never time out, and that
+// calls timing out at once give back every slot.
 func TestNoTimeoutWhenFast(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	f := New(e.root, time.Nanosecond)
-	// With a timeout far below any syscall, some calls may time out, but a
-	// finished result always wins over a simultaneous timeout and every
-	// error is a timeout.
-	for range 50 {
-		_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755})
-		if err != nil {
-			require.True(t, errors.Is(err, ErrTimeout), "%v", err)
+	t.Run("ample timeout", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		f := New(e.root, 5*time.Second)
+		for range 50 {
+			_, err := f.MkdirAll(context.Background(), "pvc/sub", DirOptions{Mode: 0o755})
+			require.NoError(t, err)
+			require.NoError(t, f.RemoveAll(context.Background(), "pvc"))
 		}
-	}
+	})
+	t.Run("timeout below any system call", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		f := New(e.root, time.Nanosecond)
+		for range 50 {
+			_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755})
+			if err != nil {
+				require.ErrorIs(t, err, ErrTimeout)
+			}
+			if err := f.RemoveAll(context.Background(), "pvc"); err != nil {
+				require.ErrorIs(t, err, ErrTimeout)
+			}
+		}
+		idle(t, f)
+	})
 }
