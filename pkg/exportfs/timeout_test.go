@@ -14,7 +14,7 @@ import (
 // allOps calls every exported operation once.
 var allOps = map[string]func(ctx context.Context, f *FS) error{
 	"MkdirAll": func(ctx context.Context, f *FS) error {
-		_, err := f.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o755})
+		_, err := f.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o755}, Existing{})
 		return err
 	},
 	"RemoveAll": func(ctx context.Context, f *FS) error { return f.RemoveAll(ctx, "ns/pvc") },
@@ -105,7 +105,7 @@ func TestAbandonedOperationStops(t *testing.T) {
 	e := newEnv(t)
 	f := New(e.root, 20*time.Millisecond)
 	release := hang(t, f)
-	_, err := f.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: 0o755})
+	_, err := f.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: 0o755}, Existing{})
 	require.ErrorIs(t, err, ErrTimeout)
 	release()
 	require.Eventually(t, func() bool { return len(f.slots) == 0 }, 5*time.Second, time.Millisecond)
@@ -150,7 +150,7 @@ func TestNoTimeoutWhenFast(t *testing.T) {
 	// finished result always wins over a simultaneous timeout and every
 	// error is a timeout.
 	for range 50 {
-		_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755})
+		_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755}, Existing{Any: true})
 		if err != nil {
 			require.True(t, errors.Is(err, ErrTimeout), "%v", err)
 		}
