@@ -126,6 +126,14 @@ func (f *FS) ReplaceFile(ctx context.Context, rel string, data []byte) error {
 	return err
 }
 
+// rootErr is a failure to open the root, which must not read as a missing
+// file (fs.ErrNotExist) to callers that take that for "nothing written yet".
+type rootErr struct{ error }
+
+func (e rootErr) Is(target error) bool {
+	return target != fs.ErrNotExist && errors.Is(e.error, target)
+}
+
 // splitOwnFile checks that rel is "<.dir>/<name>".
 func splitOwnFile(rel string) (string, string, error) {
 	parts, err := splitRel(rel)
@@ -143,7 +151,7 @@ func splitOwnFile(rel string) (string, string, error) {
 func (f *FS) openOwnDir(dir string, create bool) (int, error) {
 	rootfd, err := f.openRoot()
 	if err != nil {
-		return -1, err
+		return -1, rootErr{err}
 	}
 	defer unix.Close(rootfd)
 	fd, err := openat(rootfd, dir, pathFlags)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -36,6 +37,15 @@ func TestOwnFiles(t *testing.T) {
 	names, err := readDirNames(e.in(".own"))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"log"}, names, "no temporary file left behind")
+}
+
+func TestOwnFilesMissingRoot(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	f := New(e.in("not-mounted"), time.Second)
+	_, err := f.ReadFile(context.Background(), ".own/log")
+	require.ErrorContains(t, err, "check that the NFS export is mounted")
+	assert.NotErrorIs(t, err, fs.ErrNotExist, "a missing root is not an empty file")
 }
 
 func TestOwnFilesRefuseOtherPaths(t *testing.T) {
