@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 )
 
 func exists(t *testing.T, p string) bool {
@@ -199,8 +200,28 @@ func TestDeleteSeesClaimsBeingProvisioned(t *testing.T) {
 	// A new claim got the directory; its PV isn't in the informer yet.
 	_, _, err = e.p.Provision(context.Background(), opts(shared, claim("ns", "b", "u2")))
 	require.NoError(t, err)
+	// Another is being given it right now, not even recorded yet.
+	led, err := e.p.ledger(context.Background())
+	require.NoError(t, err)
+	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", params.Class{AllowSharedPath: true})
+	require.NoError(t, err)
+
 	require.NoError(t, e.p.Delete(context.Background(), pv1))
 	assert.DirExists(t, filepath.Join(e.root, "shared"), "just handed to another claim")
+	e.restart()
+	require.NoError(t, e.p.Delete(context.Background(), pv1))
+	assert.DirExists(t, filepath.Join(e.root, "shared"), "its record outlives a restart")
+	require.NoError(t, e.volumes.Delete(pv1))
+
+	// The one being reserved: alone, it keeps the directory.
+	e.restart()
+	led, err = e.p.ledger(context.Background())
+	require.NoError(t, err)
+	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", params.Class{AllowSharedPath: true})
+	require.NoError(t, err)
+	pv2 := &v1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pvc-u2", Annotations: map[string]string{AnnDirectory: "shared", AnnOnDelete: "delete"}}}
+	require.NoError(t, e.p.Delete(context.Background(), pv2))
+	assert.DirExists(t, filepath.Join(e.root, "shared"), "being handed to a claim")
 }
 
 // blockingExport holds RemoveAll until released.

@@ -303,6 +303,15 @@ func TestProvisionSharedDirectory(t *testing.T) {
 		require.ErrorContains(t, err, "volumes may not nest", name)
 	}
 	assert.NoDirExists(t, filepath.Join(e.root, "shared/web/inner"))
+
+	// The same for volumes made by others, known only from their PVs.
+	require.NoError(t, os.MkdirAll(filepath.Join(e.root, "legacy/web"), 0o777))
+	require.NoError(t, e.volumes.Add(incumbentPV(testServer, "/srv/nfs/legacy/web", "old")))
+	inner := claim("ns", "e", "u5")
+	inner.Labels = map[string]string{"app": "inner"}
+	_, err = e.provision(t, class("nfs", map[string]string{"pathPattern": "legacy/web/${.PVC.labels.app}", "allowSharedPath": "true"}), inner)
+	require.ErrorContains(t, err, `lies inside the directory of PersistentVolume "pvc-old": volumes may not nest`)
+	assert.NoDirExists(t, filepath.Join(e.root, "legacy/web/inner"))
 }
 
 func TestConcurrentClaimsForOneDirectory(t *testing.T) {
