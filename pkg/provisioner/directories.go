@@ -126,9 +126,18 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, 
 			return plan{}, nil, refuse("directory %.128q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
 		}
 	}
-	pl, err := ownership(led, rel, pvName, cls)
+	live := func(name string) bool {
+		_, reserved := p.reserved[name]
+		return reserved || p.exists(name)
+	}
+	pl, err := ownership(led, rel, pvName, cls, live)
 	if err != nil {
 		return plan{}, nil, err
+	}
+	if len(same) > 0 {
+		// Shared, as the class allows, with a live PV the ledger may not
+		// know (made by the incumbent or by hand).
+		pl.existing.Any = true
 	}
 	p.reserved[pvName] = reservation{claimUID: claimUID, dir: rel}
 	return pl, func() {

@@ -89,7 +89,9 @@ type plan struct {
 
 // ownership applies the rules of docs/design.md, "Directory ownership",
 // against the ledger; the caller holds p.mu and has checked the live PVs.
-func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class) (plan, error) {
+// live tells whether a PV exists or is being provisioned: the record of one
+// that doesn't (deleted by hand, never saved) makes no one a user.
+func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class, live func(string) bool) (plan, error) {
 	if r, ok := led.Around(rel); ok {
 		return plan{}, refuse("directory %.128q would contain or lie inside %s: volumes may not nest, give the claim a directory of its own", rel, describe(r))
 	}
@@ -103,7 +105,7 @@ func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class) (plan, 
 			} else {
 				pl.existing.Ino = r.Ino
 			}
-		case r.Kind == ledger.Volume:
+		case r.Kind == ledger.Volume && live(r.PV):
 			if !cls.AllowSharedPath {
 				return plan{}, refuse("directory %.128q is already used by PersistentVolume %q (recorded in %s): give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, r.PV, ledger.File)
 			}
@@ -111,16 +113,15 @@ func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class) (plan, 
 				pl.existing.Ino = r.Ino
 			}
 		default:
-			// Retained data, or a parent directory the provisioner made:
-			// handed over only where existing directories may be.
+			// Retained data, a parent directory the provisioner made, or
+			// the directory of a PV gone without it: handed over only
+			// where existing directories may be, and superseded once the
+			// claim has the directory.
 			pl.replaces = append(pl.replaces, r)
 		}
 	}
 	if namespaceScoped(cls.PathPattern) || cls.ReuseExisting {
 		pl.existing.Any = true
-	}
-	if !pl.existing.Any {
-		pl.replaces = nil
 	}
 	return pl, nil
 }
@@ -179,7 +180,7 @@ func (p *Provisioner) detach(led *ledger.Ledger, rel, pvName string, policy para
 		others = append(others, name)
 	}
 	for _, r := range led.At(rel) {
-		if _, gone := p.detached[r.PV]; r.Kind == ledger.Volume && r.PV != pvName && !gone && !contains(others, r.PV) {
+		if _, gone := p.detached[r.PV]; r.Kind == ledger.Volume && r.PV != pvName && !gone && p.exists(r.PV) && !contains(others, r.PV) {
 			others = append(others, r.PV)
 		}
 	}
@@ -192,6 +193,12 @@ func (p *Provisioner) detach(led *ledger.Ledger, rel, pvName string, policy para
 		defer p.mu.Unlock()
 		delete(p.removing, rel)
 	}, nil
+}
+
+// exists tells whether the informer holds the PV.
+func (p *Provisioner) exists(name string) bool {
+	_, ok, err := p.cfg.Volumes.GetByKey(name)
+	return ok || err != nil
 }
 
 func contains(list []string, s string) bool {

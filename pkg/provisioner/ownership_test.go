@@ -104,3 +104,24 @@ func TestProvisionRefusesDirectoryHoldingArchivesOrRetainedData(t *testing.T) {
 	assert.NoDirExists(t, filepath.Join(e.root, "prod/cache"))
 	assert.Len(t, archives(t, filepath.Join(e.root, "prod")), 1)
 }
+
+func TestProvisionReattachesVolumeDeletedByHand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"})
+	pv, err := e.provision(t, sc, claim("web", "data-web-0", "u1"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "web/data-web-0/f"), []byte("kept"), 0o600))
+	// reclaimPolicy Retain: an admin deletes the PV; Delete never runs.
+	require.NoError(t, e.volumes.Delete(pv))
+	e.restart()
+
+	// Another namespace's class that names directories can't take it ...
+	_, err = e.provision(t, class("free", byAnnotation(nil)), claimFor("other", "x", "u2", "web/data-web-0"))
+	require.ErrorContains(t, err, "already exists and was not made for this claim")
+	// ... the re-created claim of the StatefulSet gets it back.
+	again, err := e.provision(t, sc, claim("web", "data-web-0", "u3"))
+	require.NoError(t, err)
+	assert.Equal(t, "web/data-web-0", again.Annotations[AnnDirectory])
+	assert.FileExists(t, filepath.Join(e.root, "web/data-web-0/f"))
+}

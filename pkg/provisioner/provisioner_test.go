@@ -345,14 +345,16 @@ func TestProvisionIsIdempotent(t *testing.T) {
 	dir := filepath.Join(e.root, "team/data")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), []byte("kept"), 0o644))
 	require.NoError(t, os.Chmod(dir, 0o700))
-	e.restart()
 
-	// Another claim naming the same directory is refused, and the directory
-	// left as it is.
+	// Another claim naming the same directory is refused, before and after
+	// the restart, and the directory left as it is.
 	other := claim("ns", "other", "u2")
 	other.Annotations = map[string]string{"dir": "team/data"}
 	_, err = e.provision(t, sc, other)
-	require.ErrorContains(t, err, `directory "team/data" is already used by PersistentVolume "pvc-u1"`)
+	require.ErrorContains(t, err, `directory "team/data" is being provisioned for PersistentVolume "pvc-u1"`)
+	e.restart()
+	_, err = e.provision(t, sc, other)
+	require.ErrorContains(t, err, `directory "team/data" already exists and was not made for this claim`)
 	info, err := os.Stat(dir)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o700), info.Mode().Perm(), "not chmod-ed for another claim")
