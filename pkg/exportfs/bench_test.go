@@ -19,7 +19,7 @@ func BenchmarkMkdirAll(b *testing.B) {
 		e := newEnv(b)
 		i := 0
 		for b.Loop() {
-			if _, err := e.fs.MkdirAll(ctx, fmt.Sprintf("ns-%d/pvc", i), DirOptions{Mode: 0o777}); err != nil {
+			if _, err := e.fs.MkdirAll(ctx, fmt.Sprintf("ns-%d/pvc", i), DirOptions{Mode: 0o777}, Existing{}); err != nil {
 				b.Fatal(err)
 			}
 			i++
@@ -30,7 +30,7 @@ func BenchmarkMkdirAll(b *testing.B) {
 		mkdirs(b, e.in("a/b/c"))
 		i := 0
 		for b.Loop() {
-			if _, err := e.fs.MkdirAll(ctx, fmt.Sprintf("a/b/c/pvc-%d", i), DirOptions{Mode: 0o777}); err != nil {
+			if _, err := e.fs.MkdirAll(ctx, fmt.Sprintf("a/b/c/pvc-%d", i), DirOptions{Mode: 0o777}, Existing{}); err != nil {
 				b.Fatal(err)
 			}
 			i++
@@ -39,7 +39,7 @@ func BenchmarkMkdirAll(b *testing.B) {
 	b.Run("existing", func(b *testing.B) {
 		e := newEnv(b)
 		for b.Loop() {
-			if _, err := e.fs.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o777}); err != nil {
+			if _, err := e.fs.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o777}, Existing{Any: true}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -64,9 +64,9 @@ func TestMkdirAll(t *testing.T) {
 				}
 				require.NoError(t, os.WriteFile(filepath.Join(e.in(d), "keep"), []byte("x"), 0o600))
 			}
-			created, err := e.fs.MkdirAll(context.Background(), tt.rel, DirOptions{Mode: tt.mode})
+			made, err := e.fs.MkdirAll(context.Background(), tt.rel, DirOptions{Mode: tt.mode}, Existing{Any: true})
 			require.NoError(t, err)
-			assert.Equal(t, tt.created, created)
+			assert.Equal(t, tt.created, made.Created)
 
 			fi, err := os.Lstat(e.in(tt.rel))
 			require.NoError(t, err)
@@ -118,9 +118,9 @@ func TestMkdirAllUmask(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			created, err := e.fs.MkdirAll(context.Background(), "parent/leaf", DirOptions{Mode: tt.mode})
+			made, err := e.fs.MkdirAll(context.Background(), "parent/leaf", DirOptions{Mode: tt.mode}, Existing{})
 			require.NoError(t, err)
-			assert.True(t, created)
+			assert.True(t, made.Created)
 			fi, err := os.Lstat(e.in("parent/leaf"))
 			require.NoError(t, err)
 			assert.Equal(t, os.ModeDir|tt.mode, fi.Mode())
@@ -152,7 +152,7 @@ func TestMkdirAllOwner(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
 			mode := 0o770 | os.ModeSetgid
-			_, err := e.fs.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: mode, UID: tt.uid, GID: tt.gid})
+			_, err := e.fs.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: mode, UID: tt.uid, GID: tt.gid}, Existing{})
 			require.NoError(t, err)
 			n := lstatNode(t, e.in("ns/pvc"))
 			assert.Equal(t, tt.wantUID, n.UID)
@@ -163,9 +163,9 @@ func TestMkdirAllOwner(t *testing.T) {
 
 			// Existing directory: owner applied again.
 			require.NoError(t, os.Chown(e.in("ns/pvc"), 1, 1))
-			created, err := e.fs.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: mode, UID: tt.uid, GID: tt.gid})
+			made, err := e.fs.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: mode, UID: tt.uid, GID: tt.gid}, Existing{Any: true})
 			require.NoError(t, err)
-			assert.False(t, created)
+			assert.False(t, made.Created)
 			n = lstatNode(t, e.in("ns/pvc"))
 			if tt.uid != nil {
 				assert.Equal(t, tt.wantUID, n.UID)
@@ -193,7 +193,7 @@ func TestMkdirAllBadOptions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			_, err := e.fs.MkdirAll(context.Background(), "pvc", tt.opts)
+			_, err := e.fs.MkdirAll(context.Background(), "pvc", tt.opts, Existing{})
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), e.in("pvc"))
 			assert.NoDirExists(t, e.in("pvc"))
@@ -206,20 +206,20 @@ func TestMkdirAllConcurrentCreators(t *testing.T) {
 	e := newEnv(t)
 	const n = 16
 	var wg sync.WaitGroup
-	results := make([]bool, n)
+	results := make([]Made, n)
 	errs := make([]error, n)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = e.fs.MkdirAll(context.Background(), "a/b/c/d", DirOptions{Mode: 0o755})
+			results[i], errs[i] = e.fs.MkdirAll(context.Background(), "a/b/c/d", DirOptions{Mode: 0o755}, Existing{Any: true})
 		}()
 	}
 	wg.Wait()
 	createdCount := 0
 	for i := range n {
 		require.NoError(t, errs[i])
-		if results[i] {
+		if results[i].Created {
 			createdCount++
 		}
 	}
@@ -248,7 +248,7 @@ func TestInvalidPath(t *testing.T) {
 	}
 	ops := map[string]func(f *FS, rel string) error{
 		"MkdirAll": func(f *FS, rel string) error {
-			_, err := f.MkdirAll(context.Background(), rel, DirOptions{Mode: 0o755})
+			_, err := f.MkdirAll(context.Background(), rel, DirOptions{Mode: 0o755}, Existing{})
 			return err
 		},
 		"RemoveAll": func(f *FS, rel string) error { return f.RemoveAll(context.Background(), rel) },
@@ -724,7 +724,7 @@ func TestErrorsAreWrapped(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	writeFiles(t, e.in("file"))
-	_, err := e.fs.MkdirAll(context.Background(), "file/pvc", DirOptions{Mode: 0o755})
+	_, err := e.fs.MkdirAll(context.Background(), "file/pvc", DirOptions{Mode: 0o755}, Existing{})
 	require.ErrorIs(t, err, ErrNotDirectory)
 	msg := err.Error()
 	assert.Equal(t, strings.ToLower(msg[:1]), msg[:1], "lowercase")

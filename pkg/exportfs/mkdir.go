@@ -4,43 +4,69 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
+// Existing says which directory already at the leaf MkdirAll may adopt. The
+// zero value adopts none: an existing leaf is an error wrapping fs.ErrExist,
+// and its mode and owner are left alone.
+type Existing struct {
+	// Any adopts whatever directory is there.
+	Any bool
+	// Ino, when not zero, adopts only the directory with this inode number
+	// (the one created earlier for the same volume).
+	Ino uint64
+}
+
+// Made is what MkdirAll did.
+type Made struct {
+	// Created reports whether MkdirAll created the leaf, also when a later
+	// step failed. After a timeout Made is empty, though the abandoned work
+	// may still have created directories.
+	Created bool
+	// Parents lists the parent directories MkdirAll created, outermost
+	// first, also when a later step failed.
+	Parents []string
+	// Ino is the inode number of the leaf, once it was opened.
+	Ino uint64
+}
+
 // MkdirAll creates the directory rel and any missing parents, then sets the
 // mode of rel exactly (with chmod, not subject to the umask) and its owner
 // and group if given. Parents are created with mode 0777 minus the umask,
 // like os.MkdirAll. The leaf is created with mode 0700 and only opened up by
-// the final chmod, after the chown. If rel already exists as a directory,
-// its mode and owner are still applied.
+// the final chmod, after the chown. A leaf that already exists is adopted, and
+// given the mode and owner, only as existing allows; otherwise nothing of it
+// is changed and the error wraps fs.ErrExist.
 //
-// created reports whether MkdirAll created rel, also when a later step
-// failed; after a timeout it is false, though the abandoned work may still
-// have created rel. A symbolic link or non-directory anywhere on the way, rel included,
-// is an error wrapping ErrSymlink or ErrNotDirectory.
-func (f *FS) MkdirAll(ctx context.Context, rel string, opts DirOptions) (created bool, err error) {
+// A symbolic link or non-directory anywhere on the way, rel included, is an
+// error wrapping ErrSymlink or ErrNotDirectory.
+func (f *FS) MkdirAll(ctx context.Context, rel string, opts DirOptions, existing Existing) (Made, error) {
 	parts, err := splitRel(rel)
 	if err != nil {
-		return false, fmt.Errorf("create directory %s: %w", f.describe(rel), err)
+		return Made{}, fmt.Errorf("create directory %s: %w", f.describe(rel), err)
 	}
 	what := "create directory " + f.abs(rel)
 	mode, err := unixMode(opts.Mode)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return Made{}, fmt.Errorf("%s: %w", what, err)
 	}
 	uid, err := ownerID("uid", opts.UID)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return Made{}, fmt.Errorf("%s: %w", what, err)
 	}
 	gid, err := ownerID("gid", opts.GID)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", what, err)
+		return Made{}, fmt.Errorf("%s: %w", what, err)
 	}
-	return run(ctx, f, what, func(ctx context.Context) (bool, error) {
-		return f.mkdirAll(ctx, parts, mode, uid, gid)
+	return run(ctx, f, what, func(ctx context.Context) (Made, error) {
+		var made Made
+		err := f.mkdirAll(ctx, parts, mode, uid, gid, existing, &made)
+		return made, err
 	})
 }
 
@@ -55,14 +81,14 @@ func ownerID(name string, id *int) (int, error) {
 	return *id, nil
 }
 
-func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid int) (bool, error) {
+func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid int, existing Existing, made *Made) error {
 	rootfd, err := f.openRoot()
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer unix.Close(rootfd)
 
-	cur, created := rootfd, false
+	cur := rootfd
 	defer func() {
 		if cur != rootfd {
 			unix.Close(cur)
@@ -70,7 +96,7 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 	}()
 	for i, name := range parts {
 		if err := ctx.Err(); err != nil {
-			return created, err
+			return err
 		}
 		leaf := i == len(parts)-1
 		rel := strings.Join(parts[:i+1], "/")
@@ -82,18 +108,20 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 		if errors.Is(err, unix.ENOENT) {
 			merr := ignoringEINTR(func() error { return unix.Mkdirat(cur, name, perm) })
 			switch {
+			case merr == nil && leaf:
+				made.Created = true
 			case merr == nil:
-				created = leaf
+				made.Parents = append(made.Parents, rel)
 			case errors.Is(merr, unix.EEXIST):
 				// Another creator won the race, or something else is
 				// there; opening it tells which.
 			default:
-				return created, f.changeErr("create", rel, merr)
+				return f.changeErr("create", rel, merr)
 			}
 			next, err = openat(cur, name, flags)
 		}
 		if err != nil {
-			return created, f.openErr(cur, name, rel, err)
+			return f.openErr(cur, name, rel, err)
 		}
 		if cur != rootfd {
 			unix.Close(cur)
@@ -101,28 +129,81 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 		cur = next
 	}
 
-	// cur is the leaf, opened O_RDONLY without following a link: change it
-	// through its descriptor, whatever happens to its name meanwhile.
+	// cur is the leaf, opened O_RDONLY without following a link: check and
+	// change it through its descriptor, whatever happens to its name
+	// meanwhile.
 	leaf := f.abs(strings.Join(parts, "/"))
+	st, err := fstat(cur)
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", leaf, err)
+	}
+	made.Ino = st.Ino
+	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) {
+		return fmt.Errorf("%s already exists and is not the directory made for this volume; its mode, owner and contents were left alone: %w", leaf, fs.ErrExist)
+	}
 	if uid >= 0 || gid >= 0 {
 		if err := ignoringEINTR(func() error { return unix.Fchown(cur, uid, gid) }); err != nil {
 			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
-				return created, fmt.Errorf("set owner of %s to uid %d, gid %d (-1: unchanged): the export refused it; if the NFS server squashes root, export with no_root_squash or do not set uid/gid: %w", leaf, uid, gid, err)
+				return fmt.Errorf("set owner of %s to uid %d, gid %d (-1: unchanged): the export refused it; if the NFS server squashes root, export with no_root_squash or do not set uid/gid: %w", leaf, uid, gid, err)
 			}
-			return created, fmt.Errorf("set owner of %s to uid %d, gid %d (-1: unchanged): %w", leaf, uid, gid, err)
+			return fmt.Errorf("set owner of %s to uid %d, gid %d (-1: unchanged): %w", leaf, uid, gid, err)
 		}
 	}
 	if err := ignoringEINTR(func() error { return unix.Fchmod(cur, mode) }); err != nil {
-		return created, fmt.Errorf("set mode %04o on %s: %w", mode, leaf, err)
+		return fmt.Errorf("set mode %04o on %s: %w", mode, leaf, err)
 	}
-	st, err := fstat(cur)
+	st, err = fstat(cur)
 	if err != nil {
-		return created, fmt.Errorf("check mode of %s: %w", leaf, err)
+		return fmt.Errorf("check mode of %s: %w", leaf, err)
 	}
 	if got := st.Mode & 0o7777; got != mode {
-		return created, fmt.Errorf("set mode %04o on %s: the export applied %04o instead; the NFS server may drop setgid/setuid bits or map owners, check its export options", mode, leaf, got)
+		return fmt.Errorf("set mode %04o on %s: the export applied %04o instead; the NFS server may drop setgid/setuid bits or map owners, check its export options", mode, leaf, got)
 	}
-	return created, nil
+	return nil
+}
+
+// Rmdir removes the directory rel if it is empty. A directory that is not
+// empty is left alone, with an error wrapping fs.ErrExist; a missing one is
+// an error wrapping fs.ErrNotExist. A symbolic link or non-directory at rel or
+// on the way is refused with ErrSymlink or ErrNotDirectory.
+func (f *FS) Rmdir(ctx context.Context, rel string) error {
+	parts, err := splitRel(rel)
+	if err != nil {
+		return fmt.Errorf("remove empty directory %s: %w", f.describe(rel), err)
+	}
+	_, err = run(ctx, f, "remove empty directory "+f.abs(rel), func(ctx context.Context) (struct{}, error) {
+		rootfd, err := f.openRoot()
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer unix.Close(rootfd)
+		dirfd, err := f.walk(ctx, rootfd, parts[:len(parts)-1], pathFlags)
+		if err != nil {
+			return struct{}{}, err
+		}
+		defer unix.Close(dirfd)
+		name := parts[len(parts)-1]
+		st, err := lstatat(dirfd, name)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return struct{}{}, fmt.Errorf("%s does not exist: %w", f.abs(rel), err)
+		case err != nil:
+			return struct{}{}, fmt.Errorf("stat %s: %w", f.abs(rel), err)
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return struct{}{}, f.typeErr(rel, st.Mode, unix.ENOTDIR)
+		}
+		err = ignoringEINTR(func() error { return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) })
+		switch {
+		case err == nil:
+			return struct{}{}, nil
+		case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST):
+			return struct{}{}, fmt.Errorf("%s is not empty; it was left alone: %w", f.abs(rel), fs.ErrExist)
+		case errors.Is(err, unix.ENOENT):
+			return struct{}{}, fmt.Errorf("%s does not exist: %w", f.abs(rel), err)
+		}
+		return struct{}{}, f.changeErr("remove", rel, err)
+	})
+	return err
 }
 
 // changeErr explains a failure to change the directory entry rel (verb

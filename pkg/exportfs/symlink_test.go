@@ -38,8 +38,8 @@ type fsOp struct {
 
 var attackedOps = []fsOp{
 	{"MkdirAll", func(ctx context.Context, f *FS, rel string, mode os.FileMode) error {
-		created, err := f.MkdirAll(ctx, rel, DirOptions{Mode: mode})
-		if created {
+		made, err := f.MkdirAll(ctx, rel, DirOptions{Mode: mode}, Existing{Any: true})
+		if made.Created {
 			return fmt.Errorf("created must be false on a refused path")
 		}
 		return err
@@ -196,9 +196,9 @@ func TestSwapRace(t *testing.T) {
 			strings.Contains(err.Error(), "changed while") || strings.Contains(err.Error(), "was moved while")
 	}
 	for i := range iterations {
-		_, err := e.fs.MkdirAll(ctx, "x/sub/leaf", DirOptions{Mode: 0o700})
+		_, err := e.fs.MkdirAll(ctx, "x/sub/leaf", DirOptions{Mode: 0o700}, Existing{Any: true})
 		assert.True(t, okErr(err), "MkdirAll: %v", err)
-		_, err = e.fs.MkdirAll(ctx, fmt.Sprintf("x/sub/new-%d", i), DirOptions{Mode: 0o700})
+		_, err = e.fs.MkdirAll(ctx, fmt.Sprintf("x/sub/new-%d", i), DirOptions{Mode: 0o700}, Existing{})
 		assert.True(t, okErr(err), "MkdirAll new: %v", err)
 		err = e.fs.Rename(ctx, fmt.Sprintf("x/sub/new-%d", i), fmt.Sprintf("renamed-%d", i))
 		assert.True(t, okErr(err), "Rename: %v", err)

@@ -15,7 +15,7 @@ import (
 // allOps calls every exported operation once.
 var allOps = map[string]func(ctx context.Context, f *FS) error{
 	"MkdirAll": func(ctx context.Context, f *FS) error {
-		_, err := f.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o755})
+		_, err := f.MkdirAll(ctx, "ns/pvc", DirOptions{Mode: 0o755}, Existing{Any: true})
 		return err
 	},
 	"RemoveAll": func(ctx context.Context, f *FS) error { return f.RemoveAll(ctx, "ns/pvc") },
@@ -172,7 +172,7 @@ func TestAbandonedOperationStops(t *testing.T) {
 	e := newEnv(t)
 	f := New(e.root, 20*time.Millisecond)
 	release := hang(t, f)
-	_, err := f.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: 0o755})
+	_, err := f.MkdirAll(context.Background(), "ns/pvc", DirOptions{Mode: 0o755}, Existing{Any: true})
 	require.ErrorIs(t, err, ErrTimeout)
 	release()
 	idle(t, f)
@@ -218,7 +218,7 @@ func TestNoTimeoutWhenFast(t *testing.T) {
 		e := newEnv(t)
 		f := New(e.root, 5*time.Second)
 		for range 50 {
-			_, err := f.MkdirAll(context.Background(), "pvc/sub", DirOptions{Mode: 0o755})
+			_, err := f.MkdirAll(context.Background(), "pvc/sub", DirOptions{Mode: 0o755}, Existing{Any: true})
 			require.NoError(t, err)
 			require.NoError(t, f.RemoveAll(context.Background(), "pvc"))
 		}
@@ -228,7 +228,7 @@ func TestNoTimeoutWhenFast(t *testing.T) {
 		e := newEnv(t)
 		f := New(e.root, time.Nanosecond)
 		for range 50 {
-			_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755})
+			_, err := f.MkdirAll(context.Background(), "pvc", DirOptions{Mode: 0o755}, Existing{Any: true})
 			if err != nil {
 				require.ErrorIs(t, err, ErrTimeout)
 			}

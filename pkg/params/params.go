@@ -21,6 +21,7 @@ const (
 	KeyUID             = "uid"
 	KeyGID             = "gid"
 	KeyAllowSharedPath = "allowSharedPath"
+	KeyReuseExisting   = "reuseExistingDirectory"
 )
 
 // OnDelete is what happens to a volume's directory when its PV is deleted.
@@ -59,6 +60,9 @@ type Class struct {
 	UID, GID *int
 	// AllowSharedPath lets several live PVs use one directory.
 	AllowSharedPath bool
+	// ReuseExisting lets a claim be given a directory that already exists
+	// though the provisioner didn't make it for that claim.
+	ReuseExisting bool
 }
 
 // Parse validates every parameter and returns all problems in one error, so
@@ -127,6 +131,12 @@ func Parse(p map[string]string) (Class, error) {
 				bad(key, "%s is not a boolean (use \"true\" or \"false\")", volpath.Quote(v))
 			}
 			c.AllowSharedPath = shared
+		case KeyReuseExisting:
+			reuse, err := strconv.ParseBool(v)
+			if err != nil {
+				bad(key, "%q is not a boolean (use \"true\" or \"false\")", v)
+			}
+			c.ReuseExisting = reuse
 		default:
 			bad(key, "unknown; allowed are %s", strings.Join(Keys(), ", "))
 		}
@@ -139,7 +149,7 @@ func Parse(p map[string]string) (Class, error) {
 
 // Keys lists every parameter the provisioner understands.
 func Keys() []string {
-	return []string{KeyArchiveOnDelete, KeyOnDelete, KeyPathPattern, KeyMode, KeyUID, KeyGID, KeyAllowSharedPath}
+	return []string{KeyArchiveOnDelete, KeyOnDelete, KeyPathPattern, KeyMode, KeyUID, KeyGID, KeyAllowSharedPath, KeyReuseExisting}
 }
 
 // fileMode maps Unix mode bits to os.FileMode, whose setgid and sticky

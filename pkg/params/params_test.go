@@ -46,6 +46,14 @@ func TestParse(t *testing.T) {
 			in:   map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}", "mode": "2770", "uid": "1000", "gid": "2000", "allowSharedPath": "true"},
 			want: Class{OnDelete: Archive, PathPattern: "${.PVC.namespace}/${.PVC.name}", Mode: 0o770 | os.ModeSetgid, UID: intp(1000), GID: intp(2000), AllowSharedPath: true},
 		},
+		"reuseExistingDirectory": {
+			in:   map[string]string{"reuseExistingDirectory": "true"},
+			want: Class{OnDelete: Archive, Mode: 0o777, ReuseExisting: true},
+		},
+		"bad reuseExistingDirectory": {
+			in:      map[string]string{"reuseExistingDirectory": "yes"},
+			wantErr: []string{`parameter "reuseExistingDirectory": "yes" is not a boolean`},
+		},
 		"mode without leading zero": {
 			in:   map[string]string{"mode": "755"},
 			want: Class{OnDelete: Archive, Mode: 0o755},

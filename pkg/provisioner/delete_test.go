@@ -2,8 +2,10 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -12,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 )
 
 func exists(t *testing.T, p string) bool {
@@ -140,25 +143,162 @@ func TestDeleteDirectoryAlreadyGone(t *testing.T) {
 	}
 }
 
-func TestDeleteRefusesDirectoryInUse(t *testing.T) {
+func TestDeleteSharedDirectory(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []string{"delete", "archive"} {
+		t.Run(policy, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testPath)
+			shared := class("nfs", map[string]string{"pathPattern": "shared", "allowSharedPath": "true", "onDelete": policy})
+			pv1, err := e.provision(t, shared, claim("ns", "a", "u1"))
+			require.NoError(t, err)
+			pv2, err := e.provision(t, shared, claim("ns", "b", "u2"))
+			require.NoError(t, err)
+
+			// The first to go leaves the directory to the other.
+			require.NoError(t, e.p.Delete(context.Background(), pv1))
+			assert.DirExists(t, filepath.Join(e.root, "shared"))
+			assert.Empty(t, archives(t, e.root))
+
+			// Before the informer saw pv1 go, the last applies the policy.
+			require.NoError(t, e.p.Delete(context.Background(), pv2))
+			assert.NoDirExists(t, filepath.Join(e.root, "shared"))
+			if policy == "archive" {
+				assert.Len(t, archives(t, e.root), 1)
+			}
+			assert.InDelta(t, 2, e.count(metrics.OpDelete, metrics.Success), 0)
+		})
+	}
+}
+
+func TestDeleteSharedDirectoryConcurrently(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	shared := class("nfs", map[string]string{"pathPattern": "shared", "allowSharedPath": "true", "onDelete": "archive"})
+	const n = 8
+	pvs := make([]*v1.PersistentVolume, n)
+	for i := range pvs {
+		var err error
+		pvs[i], err = e.provision(t, shared, claim("ns", fmt.Sprintf("c%d", i), fmt.Sprintf("u%d", i)))
+		require.NoError(t, err)
+	}
+	var wg sync.WaitGroup
+	for _, pv := range pvs {
+		wg.Go(func() { assert.NoError(t, e.p.Delete(context.Background(), pv)) })
+	}
+	wg.Wait()
+	assert.NoDirExists(t, filepath.Join(e.root, "shared"))
+	assert.Len(t, archives(t, e.root), 1, "archived once, by the last")
+}
+
+func TestDeleteSeesClaimsBeingProvisioned(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testPath)
 	shared := class("nfs", map[string]string{"pathPattern": "shared", "allowSharedPath": "true", "onDelete": "delete"})
 	pv1, err := e.provision(t, shared, claim("ns", "a", "u1"))
 	require.NoError(t, err)
-	pv2, err := e.provision(t, shared, claim("ns", "b", "u2"))
+	// A new claim got the directory; its PV isn't in the informer yet.
+	_, _, err = e.p.Provision(context.Background(), opts(shared, claim("ns", "b", "u2")))
+	require.NoError(t, err)
+	// Another is being given it right now, not even recorded yet.
+	led, err := e.p.ledger(context.Background())
+	require.NoError(t, err)
+	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", params.Class{AllowSharedPath: true})
 	require.NoError(t, err)
 
-	err = e.p.Delete(context.Background(), pv1)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), `refusing to delete directory "shared": PersistentVolume "pvc-u2" still uses it`)
-	assert.DirExists(t, filepath.Join(e.root, "shared"))
-	assert.InDelta(t, 1, e.count(metrics.OpDelete, metrics.Refused), 0)
-
-	// Once the other PV is gone, the retry goes through.
-	require.NoError(t, e.volumes.Delete(pv2))
 	require.NoError(t, e.p.Delete(context.Background(), pv1))
-	assert.NoDirExists(t, filepath.Join(e.root, "shared"))
+	assert.DirExists(t, filepath.Join(e.root, "shared"), "just handed to another claim")
+	require.NoError(t, e.volumes.Delete(pv1))
+
+	// The one being reserved: alone, it keeps the directory.
+	e.restart()
+	led, err = e.p.ledger(context.Background())
+	require.NoError(t, err)
+	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", params.Class{AllowSharedPath: true})
+	require.NoError(t, err)
+	pv2 := &v1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "pvc-u2", Annotations: map[string]string{AnnDirectory: "shared", AnnOnDelete: "delete"}},
+		Spec: v1.PersistentVolumeSpec{PersistentVolumeSource: v1.PersistentVolumeSource{NFS: &v1.NFSVolumeSource{Server: testServer, Path: testPath + "/shared"}}},
+	}
+	require.NoError(t, e.p.Delete(context.Background(), pv2))
+	assert.DirExists(t, filepath.Join(e.root, "shared"), "being handed to a claim")
+}
+
+// blockingExport holds RemoveAll until released.
+type blockingExport struct {
+	Export
+	started, release chan struct{}
+}
+
+func (b *blockingExport) RemoveAll(ctx context.Context, rel string) error {
+	close(b.started)
+	<-b.release
+	return b.Export.RemoveAll(ctx, rel)
+}
+
+func TestProvisionWaitsForDirectoryBeingDeleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	shared := class("nfs", map[string]string{"pathPattern": "shared", "allowSharedPath": "true", "onDelete": "delete"})
+	pv1, err := e.provision(t, shared, claim("ns", "a", "u1"))
+	require.NoError(t, err)
+	blocking := &blockingExport{Export: e.p.cfg.Export, started: make(chan struct{}), release: make(chan struct{})}
+	e.p.cfg.Export = blocking
+	deleted := make(chan error)
+	go func() { deleted <- e.p.Delete(context.Background(), pv1) }()
+	<-blocking.started
+
+	_, err = e.provision(t, shared, claim("ns", "b", "u2"))
+	require.ErrorContains(t, err, `directory "shared" overlaps one being deleted or archived for released PersistentVolume "pvc-u1" right now`)
+	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Failed), 0, "not a refusal: it is retried")
+	close(blocking.release)
+	require.NoError(t, <-deleted)
+	require.NoError(t, e.volumes.Delete(pv1))
+	_, err = e.provision(t, shared, claim("ns", "b", "u2"))
+	require.NoError(t, err)
+	assert.DirExists(t, filepath.Join(e.root, "shared"))
+}
+
+func TestDeleteRefusesNestedVolume(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	pv, err := e.provision(t, class("nfs", map[string]string{"pathPattern": "outer", "onDelete": "delete"}), claim("ns", "a", "u1"))
+	require.NoError(t, err)
+	// The incumbent made a volume inside it.
+	require.NoError(t, os.Mkdir(filepath.Join(e.root, "outer/inner"), 0o777))
+	inner := incumbentPV(testServer, "/srv/nfs/outer/inner", "old")
+	require.NoError(t, e.volumes.Add(inner))
+
+	err = e.p.Delete(context.Background(), pv)
+	require.ErrorContains(t, err, `refusing to delete directory "outer": PersistentVolume "pvc-old" uses a directory nested with it`)
+	assert.DirExists(t, filepath.Join(e.root, "outer/inner"))
+	assert.InDelta(t, 1, e.count(metrics.OpDelete, metrics.Refused), 0)
+	require.NoError(t, e.volumes.Delete(inner))
+	require.NoError(t, e.p.Delete(context.Background(), pv))
+	assert.NoDirExists(t, filepath.Join(e.root, "outer"))
+}
+
+func TestDeleteRemovesParentsItCreated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.labels.app}/${.PVC.name}", "onDelete": "delete"})
+	require.NoError(t, os.Mkdir(filepath.Join(e.root, "admin"), 0o755))
+	var pvs []*v1.PersistentVolume
+	for _, c := range []struct{ ns, app, name string }{{"ns", "web", "a"}, {"ns", "web", "b"}, {"admin", "db", "c"}} {
+		pvc := claim(c.ns, c.name, "u-"+c.name)
+		pvc.Labels = map[string]string{"app": c.app}
+		pv, err := e.provision(t, sc, pvc)
+		require.NoError(t, err)
+		pvs = append(pvs, pv)
+	}
+	require.NoError(t, e.p.Delete(context.Background(), pvs[0]))
+	assert.DirExists(t, filepath.Join(e.root, "ns/web"), "still holds ns/web/b")
+	e.restart()
+	require.NoError(t, e.p.Delete(context.Background(), pvs[1]))
+	assert.NoDirExists(t, filepath.Join(e.root, "ns"), "made for ns/web/a, removed with the last volume below")
+	require.NoError(t, e.p.Delete(context.Background(), pvs[2]))
+	assert.NoDirExists(t, filepath.Join(e.root, "admin/db"))
+	assert.DirExists(t, filepath.Join(e.root, "admin"), "not made by the provisioner")
 }
 
 func TestDeleteRefusesTamperedRecord(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
@@ -77,51 +78,81 @@ func directoryOnExport(pv *v1.PersistentVolume, exportPath string) (string, bool
 	return dir, err == nil
 }
 
-// usersOf lists the PVs, other than except, whose directory is rel, contains
-// it or lies inside it.
-func (p *Provisioner) usersOf(rel, except string) ([]string, error) {
-	type lookup struct{ index, key string }
-	lookups := []lookup{{dirIndex, rel}, {ancestorIndex, rel}}
-	for _, a := range volpath.Ancestors(rel) {
-		lookups = append(lookups, lookup{dirIndex, a})
+// usersOf lists the PVs, other than except, whose directory is rel (same) or
+// contains it or lies inside it (nested).
+func (p *Provisioner) usersOf(rel, except string) (same, nested []string, err error) {
+	type lookup struct {
+		index, key string
+		same       bool
 	}
-	var users []string
+	lookups := []lookup{{dirIndex, rel, true}, {ancestorIndex, rel, false}}
+	for _, a := range volpath.Ancestors(rel) {
+		lookups = append(lookups, lookup{dirIndex, a, false})
+	}
 	for _, l := range lookups {
 		objs, err := p.cfg.Volumes.ByIndex(l.index, l.key)
 		if err != nil {
-			return nil, fmt.Errorf("looking up the PVs using directory %q: %w", rel, err)
+			return nil, nil, fmt.Errorf("looking up the PVs using directory %q: %w", rel, err)
 		}
 		for _, obj := range objs {
-			if pv := obj.(*v1.PersistentVolume); pv.Name != except {
-				users = append(users, pv.Name)
+			pv := obj.(*v1.PersistentVolume)
+			switch {
+			case pv.Name == except:
+			case l.same:
+				same = append(same, pv.Name)
+			default:
+				nested = append(nested, pv.Name)
 			}
 		}
 	}
-	return users, nil
+	return same, nested, nil
 }
 
-// reserve claims rel for the PV being provisioned. Unless sharing is allowed
-// it refuses a directory that another PV, or another claim being provisioned
-// right now, uses or is nested with. The returned func drops the reservation.
-func (p *Provisioner) reserve(rel, claimUID, pvName string, allowShared bool) (func(), error) {
+// reserve claims rel for the PV being provisioned and decides, from the live
+// PVs, the claims being provisioned right now and the ledger, whether and
+// how it may have the directory (see ownership). Nested volumes are refused
+// always; the identical directory is shared only if the class allows it. The
+// returned func drops the reservation.
+func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, cls params.Class) (plan, func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !allowShared {
-		users, err := p.usersOf(rel, pvName)
-		if err != nil {
-			return nil, err
-		}
-		if len(users) > 0 {
-			return nil, refuse("directory %q is already used by PersistentVolume %q (or one nested with it): give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, users[0])
-		}
-		for other, r := range p.reserved {
-			if r.claimUID != claimUID && volpath.Overlaps(r.dir, rel) {
-				return nil, refuse("directory %q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
-			}
+	if by, ok := p.removingOverlap(rel); ok {
+		return plan{}, nil, fmt.Errorf("directory %.128q overlaps one being deleted or archived for released PersistentVolume %q right now; retrying afterwards", rel, by)
+	}
+	same, nested, err := p.usersOf(rel, pvName)
+	if err != nil {
+		return plan{}, nil, err
+	}
+	if len(nested) > 0 {
+		return plan{}, nil, refuse("directory %.128q contains or lies inside the directory of PersistentVolume %q: volumes may not nest (allowSharedPath shares only the identical directory), give this claim a directory of its own through the class's pathPattern", rel, nested[0])
+	}
+	if len(same) > 0 && !cls.AllowSharedPath {
+		return plan{}, nil, refuse("directory %.128q is already used by PersistentVolume %q: give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, same[0])
+	}
+	for other, r := range p.reserved {
+		switch {
+		case other == pvName || !volpath.Overlaps(r.dir, rel):
+		case r.dir != rel:
+			return plan{}, nil, refuse("directory %.128q contains or lies inside %q, being provisioned for PersistentVolume %q: volumes may not nest, give each claim a directory of its own", rel, r.dir, other)
+		case r.claimUID != claimUID && !cls.AllowSharedPath:
+			return plan{}, nil, refuse("directory %.128q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
 		}
 	}
+	live := func(name string) bool {
+		_, reserved := p.reserved[name]
+		return reserved || p.exists(name)
+	}
+	pl, err := ownership(led, rel, pvName, cls, live)
+	if err != nil {
+		return plan{}, nil, err
+	}
+	if len(same) > 0 {
+		// Shared, as the class allows, with a live PV the ledger may not
+		// know (made by the incumbent or by hand).
+		pl.existing.Any = true
+	}
 	p.reserved[pvName] = reservation{claimUID: claimUID, dir: rel}
-	return func() {
+	return pl, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		delete(p.reserved, pvName)

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
@@ -34,9 +37,12 @@ const (
 // Export is what the provisioner needs of the mounted export; exportfs.FS
 // implements it on a real directory.
 type Export interface {
-	MkdirAll(ctx context.Context, rel string, opts exportfs.DirOptions) (created bool, err error)
+	MkdirAll(ctx context.Context, rel string, opts exportfs.DirOptions, existing exportfs.Existing) (exportfs.Made, error)
 	RemoveAll(ctx context.Context, rel string) error
 	Rename(ctx context.Context, rel, newName string) error
+	Rmdir(ctx context.Context, rel string) error
+	// The ledger's file.
+	ledger.Store
 }
 
 // Config is everything a Provisioner needs.
@@ -66,6 +72,17 @@ type Provisioner struct {
 	// so two claims resolving to one directory at once can't both get it. An
 	// entry lives until the PV shows up in the informer (see VolumeAdded).
 	reserved map[string]reservation
+	// detached holds the PVs Delete was called for, until they leave the
+	// informer: they no longer count as users of their directory.
+	detached map[string]struct{}
+	// removing maps the directories being deleted, archived or removed
+	// right now to the PV responsible, so none is handed to a claim
+	// meanwhile.
+	removing map[string]string
+
+	// ledgerMu guards led, read from the export on first use.
+	ledgerMu sync.Mutex
+	led      *ledger.Ledger
 }
 
 type reservation struct {
@@ -80,7 +97,7 @@ func New(cfg Config) *Provisioner {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Provisioner{cfg: cfg, reserved: map[string]reservation{}}
+	return &Provisioner{cfg: cfg, reserved: map[string]reservation{}, detached: map[string]struct{}{}, removing: map[string]string{}}
 }
 
 // refusal marks errors caused by the claim, class or PV rather than by the
@@ -92,6 +109,22 @@ func (r refusal) Error() string { return r.err.Error() }
 func (r refusal) Unwrap() error { return r.err }
 
 func refuse(format string, args ...any) error { return refusal{fmt.Errorf(format, args...)} }
+
+// logFailure logs a failed operation: refusals at Info, as the Event on the
+// object already tells what to fix and they repeat on every retry; export or
+// API failures as errors.
+func logFailure(ctx context.Context, err error, msg string, kv ...any) {
+	if err == nil {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	kv = append(kv, "outcome", outcome(err))
+	if outcome(err) == metrics.Refused {
+		logger.Info(msg, append(kv, "reason", err.Error())...)
+		return
+	}
+	logger.Error(err, msg, kv...)
+}
 
 func outcome(err error) string {
 	var r refusal
@@ -112,9 +145,7 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	start := time.Now()
 	pv, err := p.provision(ctx, opts)
 	p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), time.Since(start))
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Provisioning failed", "PVC", klog.KObj(opts.PVC), "outcome", outcome(err))
-	}
+	logFailure(ctx, err, "Provisioning failed", "PVC", klog.KObj(opts.PVC))
 	return pv, controller.ProvisioningFinished, err
 }
 
@@ -135,16 +166,11 @@ func (p *Provisioner) provision(ctx context.Context, opts controller.ProvisionOp
 		return nil, refusal{fmt.Errorf("refusing the claim's directory: %w: fix the claim's labels or annotations, or the class's pathPattern", err)}
 	}
 
-	release, err := p.reserve(rel, string(claim.UID), opts.PVName, cls.AllowSharedPath)
-	if err != nil {
+	if err := checkReservedName(rel); err != nil {
 		return nil, err
 	}
-	if _, err := p.cfg.Export.MkdirAll(ctx, rel, exportfs.DirOptions{Mode: cls.Mode, UID: cls.UID, GID: cls.GID}); err != nil {
-		release()
-		if errors.Is(err, exportfs.ErrSymlink) || errors.Is(err, exportfs.ErrNotDirectory) || errors.Is(err, exportfs.ErrInvalidPath) {
-			return nil, refusal{fmt.Errorf("refusing directory %q: %w", rel, err)}
-		}
-		return nil, fmt.Errorf("creating directory %q on the export: %w", rel, err)
+	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, cls); err != nil {
+		return nil, err
 	}
 
 	reclaim := v1.PersistentVolumeReclaimDelete
@@ -186,10 +212,65 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 	start := time.Now()
 	err := p.delete(ctx, pv)
 	p.cfg.Metrics.ObserveOperation(metrics.OpDelete, outcome(err), time.Since(start))
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Deleting volume failed", "PV", pv.Name, "outcome", outcome(err))
-	}
+	logFailure(ctx, err, "Deleting volume failed", "PV", pv.Name)
 	return err
+}
+
+// makeDir reserves rel for the PV and creates it, or adopts it where the
+// ownership rules allow, recording it in the ledger; on error the
+// reservation is dropped.
+func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName string, cls params.Class) error {
+	led, err := p.ledger(ctx)
+	if err != nil {
+		return err
+	}
+	pl, release, err := p.reserve(led, rel, claimUID, pvName, cls)
+	if err != nil {
+		return err
+	}
+	intent := ledger.Record{Kind: ledger.Volume, Dir: rel, PV: pvName}
+	if pl.intent {
+		// Before creating it, so that a crash in between can't leave a
+		// directory of ours looking like someone else's.
+		if err := led.Append(ctx, intent); err != nil {
+			release()
+			return err
+		}
+	}
+	made, err := p.cfg.Export.MkdirAll(ctx, rel, exportfs.DirOptions{Mode: cls.Mode, UID: cls.UID, GID: cls.GID}, pl.existing)
+	if err != nil {
+		release()
+		refused := errors.Is(err, fs.ErrExist) || errors.Is(err, exportfs.ErrSymlink) || errors.Is(err, exportfs.ErrNotDirectory) || errors.Is(err, exportfs.ErrInvalidPath)
+		if refused && pl.intent && !made.Created {
+			// Nothing was made: forget the intent, or a later claim of
+			// this PV would find the directory ambiguous.
+			drop := intent
+			drop.Drop = true
+			if lerr := led.Append(ctx, drop); lerr != nil {
+				klog.FromContext(ctx).Info("Could not drop a record from the directory ledger", "directory", rel, "PV", pvName, "err", lerr.Error())
+			}
+		}
+		switch {
+		case errors.Is(err, fs.ErrExist):
+			return existingRefusal(rel, pvName, pl, err)
+		case refused:
+			return refusal{fmt.Errorf("refusing directory %q: %w", rel, err)}
+		}
+		return fmt.Errorf("creating directory %q on the export: %w", rel, err)
+	}
+	recs := []ledger.Record{{Kind: ledger.Volume, Dir: rel, PV: pvName, Ino: made.Ino}}
+	for _, dir := range made.Parents {
+		recs = append(recs, ledger.Record{Kind: ledger.Parent, Dir: dir})
+	}
+	for _, r := range pl.replaces {
+		r.Drop = true
+		recs = append(recs, r)
+	}
+	if err := led.Append(ctx, recs...); err != nil {
+		release()
+		return fmt.Errorf("recording directory %q in the ledger: %w", rel, err)
+	}
+	return nil
 }
 
 func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error {
@@ -197,34 +278,68 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 	if err != nil {
 		return err
 	}
-	logger := klog.FromContext(ctx).WithValues("PV", pv.Name, "directory", rel, "onDelete", policy)
-	if policy == params.Retain {
-		logger.V(2).Info("Retaining directory")
-		return nil
+	if rel == ledgerDir || strings.HasPrefix(rel, ledgerDir+"/") {
+		return refuse("refusing to %s directory %q of PV %q: it holds the provisioner's own records", policy, rel, pv.Name)
 	}
-	users, err := p.usersOf(rel, pv.Name)
+	logger := klog.FromContext(ctx).WithValues("PV", pv.Name, "directory", rel, "onDelete", policy)
+	led, err := p.ledger(ctx)
 	if err != nil {
 		return err
 	}
-	if len(users) > 0 {
-		return refuse("refusing to %s directory %q: PersistentVolume %q still uses it or a directory nested with it; this PV is deleted once that one is gone", policy, rel, users[0])
+	d, done, err := p.detach(led, rel, pv.Name, policy)
+	if err != nil {
+		return err
+	}
+	defer done()
+	mine := func(r ledger.Record) bool { return r.Kind == ledger.Volume && r.PV == pv.Name }
+	if len(d.others) > 0 {
+		logger.Info("Leaving the directory to the PersistentVolumes still using it; the last one to go applies its onDelete", "users", d.others)
+		return led.Append(ctx, drops(led.At(rel), mine)...)
 	}
 	switch policy {
+	case params.Retain:
+		recs := drops(led.At(rel), mine)
+		if err := led.Append(ctx, append(recs, ledger.Record{Kind: ledger.Retained, Dir: rel, PV: pv.Name, Time: p.cfg.Now().UTC()})...); err != nil {
+			return fmt.Errorf("recording retained directory %q in the ledger: %w", rel, err)
+		}
+		logger.Info("Retained directory")
+		return nil
 	case params.Delete:
 		if err := p.cfg.Export.RemoveAll(ctx, rel); err != nil {
 			return fmt.Errorf("deleting directory %q on the export: %w", rel, err)
 		}
-		logger.V(2).Info("Deleted directory")
+		logger.Info("Deleted directory")
+		if err := led.Append(ctx, forget(led, rel, pv.Name)...); err != nil {
+			return fmt.Errorf("recording deleted directory %q in the ledger: %w", rel, err)
+		}
 	case params.Archive:
 		name, err := p.archive(ctx, rel)
 		if errors.Is(err, fs.ErrNotExist) {
 			logger.Info("Directory already gone, nothing to archive")
-			return nil
+			return led.Append(ctx, forget(led, rel, pv.Name)...)
 		}
 		if err != nil {
 			return fmt.Errorf("archiving directory %q on the export: %w", rel, err)
 		}
-		logger.V(2).Info("Archived directory", "archive", name)
+		logger.Info("Archived directory", "archive", name)
+		archived := ledger.Record{Kind: ledger.Archive, Dir: path.Join(path.Dir(rel), name), PV: pv.Name, From: rel, Time: p.cfg.Now().UTC()}
+		if err := led.Append(ctx, append(forget(led, rel, pv.Name), archived)...); err != nil {
+			return fmt.Errorf("recording archive %q in the ledger: %w", name, err)
+		}
 	}
+	done()
+	p.removeParents(ctx, led, rel, pv.Name)
 	return nil
+}
+
+// drops returns the records for which keep says so, as drops.
+func drops(recs []ledger.Record, keep func(ledger.Record) bool) []ledger.Record {
+	var out []ledger.Record
+	for _, r := range recs {
+		if keep(r) {
+			r.Drop = true
+			out = append(out, r)
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 )
 
@@ -52,6 +54,7 @@ func newEnv(t *testing.T, exportPath string) *env {
 		Classes:    storagelisters.NewStorageClassLister(classes),
 		Metrics:    m,
 		Now:        func() time.Time { return time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC) },
+		Resolver:   &fakeResolver{},
 	})
 	return &env{root: root, p: p, volumes: volumes, classes: classes, metrics: m}
 }
@@ -282,20 +285,34 @@ func TestProvisionSharedDirectory(t *testing.T) {
 	assert.Contains(t, err.Error(), `directory "shared/web" is already used by PersistentVolume "`+pv1.Name+`"`)
 	assert.Contains(t, err.Error(), "allowSharedPath")
 
-	// A directory nested inside another volume's is refused too: its owner
-	// would see this claim's data.
-	nested := claim("ns", "c", "u3")
-	nested.Labels = map[string]string{"app": "web/inner"}
-	_, err = e.provision(t, class("nfs", pattern), nested)
-	require.ErrorContains(t, err, "already used by")
-	parent := claim("ns", "d", "u4")
-	_, err = e.provision(t, class("nfs", map[string]string{"pathPattern": "shared"}), parent)
-	require.ErrorContains(t, err, "already used by")
-
 	shared := map[string]string{"pathPattern": "shared/${.PVC.labels.app}", "allowSharedPath": "true"}
 	pv2, err := e.provision(t, class("nfs-shared", shared), second)
 	require.NoError(t, err)
 	assert.Equal(t, pv1.Spec.NFS.Path, pv2.Spec.NFS.Path)
+
+	// A directory nested inside another volume's, or holding one, is
+	// refused, allowSharedPath or not: the owner of the outer directory
+	// could replace the inner one with a symbolic link, which the NFS
+	// server follows at mount time.
+	for name, sc := range map[string]map[string]string{"not shared": pattern, "shared": shared} {
+		nested := claim("ns", "c", "u3")
+		nested.Labels = map[string]string{"app": "web/inner"}
+		_, err = e.provision(t, class("nfs", sc), nested)
+		require.ErrorContains(t, err, "volumes may not nest", name)
+		sc = map[string]string{"pathPattern": "shared", "allowSharedPath": strconv.FormatBool(sc["allowSharedPath"] == "true")}
+		_, err = e.provision(t, class("nfs", sc), claim("ns", "d", "u4"))
+		require.ErrorContains(t, err, "volumes may not nest", name)
+	}
+	assert.NoDirExists(t, filepath.Join(e.root, "shared/web/inner"))
+
+	// The same for volumes made by others, known only from their PVs.
+	require.NoError(t, os.MkdirAll(filepath.Join(e.root, "legacy/web"), 0o777))
+	require.NoError(t, e.volumes.Add(incumbentPV(testServer, "/srv/nfs/legacy/web", "old")))
+	inner := claim("ns", "e", "u5")
+	inner.Labels = map[string]string{"app": "inner"}
+	_, err = e.provision(t, class("nfs", map[string]string{"pathPattern": "legacy/web/${.PVC.labels.app}", "allowSharedPath": "true"}), inner)
+	require.ErrorContains(t, err, `lies inside the directory of PersistentVolume "pvc-old": volumes may not nest`)
+	assert.NoDirExists(t, filepath.Join(e.root, "legacy/web/inner"))
 }
 
 func TestConcurrentClaimsForOneDirectory(t *testing.T) {
@@ -310,21 +327,81 @@ func TestConcurrentClaimsForOneDirectory(t *testing.T) {
 	require.ErrorContains(t, err, "being provisioned for PersistentVolume \"pvc-u1\"")
 }
 
+// restart is a new Provisioner on the same export and caches, as after a
+// process restart or a change of leader.
+func (e *env) restart() {
+	e.p = New(e.p.cfg)
+}
+
 func TestProvisionIsIdempotent(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testPath)
-	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"})
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.annotations.dir}"})
 	pvc := claim("ns", "data", "u1")
-	// First attempt made the directory, then saving the PV failed.
+	pvc.Annotations = map[string]string{"dir": "team/data"}
+	// First attempt made the directory, then saving the PV failed, and the
+	// process restarted: nothing of the first attempt is in memory.
 	pv1, _, err := e.p.Provision(context.Background(), opts(sc, pvc))
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(e.root, "ns/data/file"), []byte("kept"), 0o644))
+	dir := filepath.Join(e.root, "team/data")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "file"), []byte("kept"), 0o644))
+	require.NoError(t, os.Chmod(dir, 0o700))
+
+	// Another claim naming the same directory is refused, before and after
+	// the restart, and the directory left as it is.
+	other := claim("ns", "other", "u2")
+	other.Annotations = map[string]string{"dir": "team/data"}
+	_, err = e.provision(t, sc, other)
+	require.ErrorContains(t, err, `directory "team/data" is being provisioned for PersistentVolume "pvc-u1"`)
+	e.restart()
+	_, err = e.provision(t, sc, other)
+	require.ErrorContains(t, err, `directory "team/data" already exists and was not made for this claim`)
+	info, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), info.Mode().Perm(), "not chmod-ed for another claim")
+
+	// So is a directory that was there before, not made for this claim.
+	require.NoError(t, os.Mkdir(filepath.Join(e.root, "foreign"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "foreign", "f"), []byte("x"), 0o600))
+	before := snapshot(t, filepath.Join(e.root, "foreign"))
+	foreign := claim("ns", "foreign", "u3")
+	foreign.Annotations = map[string]string{"dir": "foreign"}
+	_, err = e.provision(t, sc, foreign)
+	require.ErrorContains(t, err, `directory "foreign" already exists and was not made for this claim`)
+	assert.Equal(t, before, snapshot(t, filepath.Join(e.root, "foreign")), "not chmod-ed")
+
+	// The retry of the first claim gets its directory back.
 	pv2, _, err := e.p.Provision(context.Background(), opts(sc, pvc))
 	require.NoError(t, err, "a retry for the same claim reuses its directory")
 	assert.Equal(t, pv1, pv2)
-	data, err := os.ReadFile(filepath.Join(e.root, "ns/data/file"))
+	data, err := os.ReadFile(filepath.Join(dir, "file"))
 	require.NoError(t, err)
 	assert.Equal(t, "kept", string(data))
+	info, err = os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o777), info.Mode().Perm(), "the class's mode applied again")
+}
+
+func TestProvisionRefusesAmbiguousDirectory(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	// The provisioner stopped after recording that it would create the
+	// directory and before recording that it did; meanwhile someone made it.
+	led, err := e.p.ledger(context.Background())
+	require.NoError(t, err)
+	require.NoError(t, led.Append(context.Background(), ledger.Record{Kind: ledger.Volume, Dir: "ns-c-pvc-u", PV: "pvc-u"}))
+	require.NoError(t, os.Mkdir(filepath.Join(e.root, "ns-c-pvc-u"), 0o700))
+	e.restart()
+	_, err = e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
+	require.ErrorContains(t, err, "can't tell it from a directory someone else made")
+	info, err := os.Stat(filepath.Join(e.root, "ns-c-pvc-u"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), info.Mode().Perm())
+
+	// Once an admin removed it, the retry creates it.
+	require.NoError(t, os.Remove(filepath.Join(e.root, "ns-c-pvc-u")))
+	_, err = e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
+	require.NoError(t, err)
 }
 
 func TestProvisionUnwritableExport(t *testing.T) {
@@ -333,7 +410,7 @@ func TestProvisionUnwritableExport(t *testing.T) {
 	e.p.cfg.Export = exportfs.New(filepath.Join(e.root, "not-mounted"), time.Second)
 	_, err := e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), `creating directory "ns-c-pvc-u" on the export`)
+	assert.Contains(t, err.Error(), "check that the NFS export is mounted")
 	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Failed), 0)
 	// The reservation was dropped: once the export is back, the claim binds.
 	e.p.cfg.Export = exportfs.New(e.root, time.Second)

@@ -224,12 +224,12 @@ func TestIndexSeesEveryServerSpelling(t *testing.T) {
 			_, err = e.provision(t, sc, withDir(claim("ns", "b", "u2"), "shared"))
 			assert.ErrorContains(t, err, `directory "shared" is already used by PersistentVolume "static"`)
 			_, err = e.provision(t, sc, withDir(claim("ns", "c", "u3"), "shared/x"))
-			assert.ErrorContains(t, err, `is already used by PersistentVolume "static"`)
+			assert.ErrorContains(t, err, `lies inside the directory of PersistentVolume "static"`)
 
 			nested := fullPV("nested", server, testPath+"/mine/sub", nil)
 			require.NoError(t, e.volumes.Add(nested))
 			err = e.p.Delete(context.Background(), mine)
-			assert.ErrorContains(t, err, `refusing to delete directory "mine": PersistentVolume "nested" still uses it`)
+			assert.ErrorContains(t, err, `refusing to delete directory "mine": PersistentVolume "nested" uses a directory nested with it`)
 			assert.DirExists(t, filepath.Join(e.root, "mine"))
 		})
 	}

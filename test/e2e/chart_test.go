@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -175,7 +174,7 @@ func TestChartAsRendered(t *testing.T) {
 		return false, err
 	})
 	require.NoError(t, err, "PV %s not deleted after its claim", pv.Name)
-	entries, err := os.ReadDir(e.exportDir)
+	entries, err := readExportRoot(e.exportDir)
 	require.NoError(t, err)
 	require.Len(t, entries, 1, "the archived directory only")
 	assert.Regexp(t, regexp.MustCompile(`^archived-`+regexp.QuoteMeta(dir)+`-\d{8}-\d{6}$`), entries[0].Name())

@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/test/framework"
 )
 
@@ -238,12 +239,32 @@ func (e *env) exportEntries() []string {
 		if err != nil {
 			return err
 		}
-		if rel, _ := filepath.Rel(e.exportDir, p); rel != "." {
+		rel, _ := filepath.Rel(e.exportDir, p)
+		if rel == ledgerDir {
+			return filepath.SkipDir
+		}
+		if rel != "." {
 			out = append(out, rel)
 		}
 		return nil
 	}))
 	return out
+}
+
+// ledgerDir holds the provisioner's own records at the export root.
+var ledgerDir = filepath.Dir(ledger.File)
+
+// readExportRoot lists the export root like os.ReadDir, without the
+// provisioner's own records.
+func readExportRoot(dir string) ([]os.DirEntry, error) {
+	entries, err := os.ReadDir(dir)
+	out := entries[:0]
+	for _, en := range entries {
+		if en.Name() != ledgerDir {
+			out = append(out, en)
+		}
+	}
+	return out, err
 }
 
 func withMountOptions(opts ...string) func(*storagev1.StorageClass) {

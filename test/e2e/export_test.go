@@ -81,7 +81,7 @@ func TestExportUnwritable(t *testing.T) {
 		e.assertReachable(pv, dir)
 		dirs[dir] = true
 	}
-	entries, err := os.ReadDir(e.exportDir)
+	entries, err := readExportRoot(e.exportDir)
 	require.NoError(t, err)
 	var got []string
 	for _, en := range entries {

@@ -26,7 +26,7 @@ import (
 func TestHostilePathPattern(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	p := e.startProvisioner()
-	for _, ns := range []string{"team-a", "team-b", "mallory"} {
+	for _, ns := range []string{"team-a", "team-b", "mallory", "prod"} {
 		e.namespace(ns)
 	}
 	const annKey = "nfs.io/storage-path"
@@ -48,6 +48,19 @@ func TestHostilePathPattern(t *testing.T) {
 	require.Equal(t, "team-b/web", pvB.Annotations[provisioner.AnnDirectory])
 	e.assertReachable(pvA, "team-a/data")
 	e.assertReachable(pvB, "team-b/web")
+
+	// prod's released volume, archived beside the one it still has, and an
+	// admin's backups: no claim may be handed the directories holding them.
+	e.class("prod", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}", "onDelete": "archive"})
+	e.claim("prod", "db", "prod")
+	_, pvDB := e.waitBound("prod", "db", 30*time.Second)
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, "prod/db/data"), []byte("prod data"), 0o600))
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims("prod").Delete(e.ctx, "db", metav1.DeleteOptions{}))
+	e.waitPVGone(pvDB.Name, 30*time.Second)
+	require.Len(t, e.findArchives("prod/db"), 1)
+	require.NoError(t, os.Chmod(filepath.Join(e.exportDir, "prod"), 0o750))
+	require.NoError(t, os.Mkdir(filepath.Join(e.exportDir, "backups"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, "backups/db.dump"), []byte("dump"), 0o600))
 
 	// A directory beside the export that must stay out of reach.
 	outside := filepath.Join(filepath.Dir(e.exportDir), "outside")
@@ -99,8 +112,11 @@ func TestHostilePathPattern(t *testing.T) {
 		{"team-b", "sideways", withAnn("team-b/../team-a"), `has a ".." segment`},
 		{"mallory", "double-slash", withAnn("x//y"), `has an empty segment`},
 		{"mallory", "steal", withAnn("team-a/data"), `directory "team-a/data" is already used by PersistentVolume "` + pvA.Name + `"`},
-		{"mallory", "steal-parent", withAnn("team-a"), `directory "team-a" is already used by PersistentVolume "` + pvA.Name + `"`},
-		{"mallory", "steal-child", withAnn("team-a/data/inner"), `directory "team-a/data/inner" is already used by PersistentVolume "` + pvA.Name + `"`},
+		{"mallory", "steal-parent", withAnn("team-a"), `directory "team-a" contains or lies inside the directory of PersistentVolume "` + pvA.Name + `": volumes may not nest`},
+		{"mallory", "steal-child", withAnn("team-a/data/inner"), `directory "team-a/data/inner" contains or lies inside the directory of PersistentVolume "` + pvA.Name + `": volumes may not nest`},
+		{"mallory", "steal-archive", withAnn("prod"), `directory "prod" would contain or lie inside the archive "prod/archived-db-`},
+		{"mallory", "steal-backups", withAnn("backups"), `directory "backups" already exists and was not made for this claim`},
+		{"mallory", "steal-ledger", withAnn(".nfs-provisioner"), `segment ".nfs-provisioner" is reserved`},
 		{"mallory", "web", withTeam("team-b"), `directory "team-b/web" is already used by PersistentVolume "` + pvB.Name + `"`},
 		{"mallory", "empty-label", withTeam(""), `"/empty-label" is absolute`},
 		{"mallory", "link-root", withAnn("team-c/etc"), `team-c is a symbolic link, refusing to follow it`},
@@ -164,6 +180,10 @@ func snapshotTree(t *testing.T, root string) map[string]string {
 		rel, err := filepath.Rel(root, p)
 		if err != nil {
 			return err
+		}
+		if fi.IsDir() && fi.Name() == ledgerDir {
+			// The provisioner's own records change with every claim.
+			return filepath.SkipDir
 		}
 		s := fmt.Sprintf("%v size=%d mtime=%s", fi.Mode(), fi.Size(), fi.ModTime().Format(time.RFC3339Nano))
 		if fi.Mode()&os.ModeSymlink != 0 {

@@ -473,7 +473,7 @@ func (e *env) burstSnapshot(ns string) burstState {
 	require.NoError(e.t, err)
 	pvcs, err := e.client.CoreV1().PersistentVolumeClaims(ns).List(e.ctx, metav1.ListOptions{})
 	require.NoError(e.t, err)
-	entries, err := os.ReadDir(e.exportDir)
+	entries, err := readExportRoot(e.exportDir)
 	require.NoError(e.t, err)
 	s := burstState{volumes: len(pvs.Items), dirs: len(entries)}
 	for _, c := range pvcs.Items {

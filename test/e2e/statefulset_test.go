@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -115,7 +114,7 @@ func TestStatefulSet(t *testing.T) {
 	got, err := e.nfs.ReadFile(e.ctx, pv0.Spec.NFS.Server, pv0.Spec.NFS.Path, "state.txt")
 	require.NoError(t, err)
 	assert.Equal(t, "replica 0 state", string(got))
-	entries, err := os.ReadDir(e.exportDir)
+	entries, err := readExportRoot(e.exportDir)
 	require.NoError(t, err)
 	assert.Len(t, entries, 3, "no directory beyond the three replicas': %v", e.exportEntries())
 }
