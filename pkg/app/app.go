@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 	"github.com/kube-nfs/nfs-provisioner/pkg/version"
@@ -88,9 +90,11 @@ func Run(ctx context.Context, o config.Options) error {
 	go srv.serve(logger)
 	defer srv.shutdown(logger)
 
-	// Shutdown waits for the informers, which stop only once ctx is done.
-	ctx, cancel := context.WithCancel(ctx)
-	w.factory.Start(ctx.Done())
+	// The informers and the controller outlive SIGTERM (ctx), so that the
+	// operations in flight can finish; they stop when Run returns. Whether
+	// the controller acts is the actor's decision (see handover.go).
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.factory.Start(runCtx.Done())
 	defer func() {
 		cancel()
 		w.factory.Shutdown()
@@ -98,32 +102,106 @@ func Run(ctx context.Context, o config.Options) error {
 	go func() {
 		// The first lists leave garbage several times the size of what the
 		// caches keep; hand it back at once rather than over minutes.
-		if cache.WaitForCacheSync(ctx.Done(), w.synced) {
+		if cache.WaitForCacheSync(runCtx.Done(), w.synced) {
 			debug.FreeOSMemory()
 		}
 	}()
-	ctrl := w.ctrl
+	go w.ctrl.Run(runCtx)
 
-	lead := func(ctx context.Context) {
-		m.SetLeader(true)
-		logger.Info("Provisioning", "workers", o.Workers)
-		ctrl.Run(ctx)
+	identity := o.LeaderElectIdentity
+	if identity == "" {
+		host, _ := os.Hostname()
+		identity = host
+	}
+	// A suffix keeps two processes with one name (a restarted pod, a
+	// test) from both believing they lead.
+	identity += "_" + string(uuid.NewUUID())[:8]
+	namespace := o.LeaderElectNamespace
+	if namespace == "" {
+		namespace = inClusterNamespace()
+	}
+	checkClient, err := incumbentClient(restCfg)
+	if err != nil {
+		return err
+	}
+	interval := o.LeaderElectRetryPeriod
+	if interval <= 0 {
+		interval = config.DefaultRetryPeriod
+	}
+	a := &actor{
+		logger:    logger,
+		gate:      w.gate,
+		informers: w.switched,
+		incumbent: incumbent.NewChecker(checkClient.CoreV1(), namespace, o.LeaseName(), identity, time.Now),
+		interval:  interval,
+		grace:     o.ShutdownGracePeriod,
+		metrics:   m,
+		workers:   o.Workers,
 	}
 	if !o.LeaderElect {
-		lead(ctx)
+		a.act(runCtx, ctx)
 		return nil
 	}
 
-	elector, err := newElector(o, restCfg, lead, m, logger)
+	// The Lease is given up only once the operations in flight have
+	// finished: the elector runs on a context that SIGTERM does not end,
+	// and releases the Lease when it is cancelled below.
+	electorCtx, release := context.WithCancel(context.WithoutCancel(ctx))
+	defer release()
+	var mu sync.Mutex
+	var acting chan struct{}
+	lead := func(leadCtx context.Context) {
+		mu.Lock()
+		if ctx.Err() != nil {
+			mu.Unlock()
+			return
+		}
+		done := make(chan struct{})
+		acting = done
+		mu.Unlock()
+		defer close(done)
+		a.act(leadCtx, ctx)
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-electorCtx.Done():
+			return
+		}
+		mu.Lock()
+		done := acting
+		mu.Unlock()
+		if done != nil {
+			<-done
+		}
+		release()
+	}()
+
+	elector, err := newElector(o, restCfg, namespace, identity, lead, logger)
 	if err != nil {
 		return err
 	}
 	health.SetLeaderElection(elector)
-	elector.Run(ctx)
+	elector.Run(electorCtx)
 	if ctx.Err() == nil {
 		return errors.New("lost the leader Lease; exiting so that a fresh process can stand by")
 	}
 	return nil
+}
+
+// incumbentClient is the client that reads the incumbent's Endpoints
+// record: rate-limited apart from provisioning, like the Lease's, and
+// without the API server's deprecation warning for v1 Endpoints (1.33+),
+// which every reading would log.
+func incumbentClient(restCfg *rest.Config) (kubernetes.Interface, error) {
+	cfg := rest.CopyConfig(restCfg)
+	cfg.QPS, cfg.Burst = 5, 10
+	cfg.WarningHandler = rest.NoWarnings{}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the client that reads the incumbent's leader record: %w", err)
+	}
+	return client, nil
 }
 
 // wiring is the library's controller and the informers it runs on.
@@ -132,6 +210,9 @@ type wiring struct {
 	factory informers.SharedInformerFactory
 	// synced reports whether every informer has completed its first list.
 	synced func() bool
+	// gate and switched decide whether the controller acts.
+	gate     *gate
+	switched []*switchedInformer
 }
 
 // newController builds the library's controller around our provisioner, on
@@ -162,6 +243,9 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		return nil, fmt.Errorf("watching PersistentVolumes: %w", err)
 	}
 	informersSynced := []cache.InformerSynced{claims.HasSynced, volumes.HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced}
+	g := newGate(prov, logger)
+	switchedClaims := &switchedInformer{SharedIndexInformer: claims}
+	switchedVolumes := &switchedInformer{SharedIndexInformer: volumes}
 
 	if events == nil {
 		events = client.CoreV1()
@@ -169,11 +253,11 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 	// Every option of the library in one place. Leader election is ours, not
 	// the library's: it exits the process when leadership is lost and can't
 	// release the Lease on shutdown.
-	ctrl := controller.NewProvisionController(logger, withEventSink(client, events), o.ProvisionerName, prov,
+	ctrl := controller.NewProvisionController(logger, withPVWrites(withEventSink(client, events), g), o.ProvisionerName, g,
 		controller.LeaderElection(false),
 		controller.Threadiness(o.Workers),
-		controller.ClaimsInformer(claims),
-		controller.VolumesInformer(volumes),
+		controller.ClaimsInformer(switchedClaims),
+		controller.VolumesInformer(switchedVolumes),
 		controller.ClassesInformer(classes.Informer()),
 		controller.NodesLister(nodes.Lister()),
 		// Our HTTP server serves the library's metrics; it must not open a port.
@@ -197,7 +281,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		}
 		return true
 	}
-	return &wiring{ctrl: ctrl, factory: factory, synced: synced}, nil
+	return &wiring{ctrl: ctrl, factory: factory, synced: synced, gate: g, switched: []*switchedInformer{switchedClaims, switchedVolumes}}, nil
 }
 
 // defaultGCPercent is the garbage collector's target unless GOGC is set.
@@ -230,7 +314,7 @@ func restConfig(o config.Options) (*rest.Config, error) {
 	return cfg, nil
 }
 
-func newElector(o config.Options, restCfg *rest.Config, lead func(context.Context), m *metrics.Metrics, logger klog.Logger) (*leaderelection.LeaderElector, error) {
+func newElector(o config.Options, restCfg *rest.Config, namespace, identity string, lead func(context.Context), logger klog.Logger) (*leaderelection.LeaderElector, error) {
 	// Lease renewals get a client of their own so a burst of provisioning
 	// can't starve them under the client-side rate limit.
 	leCfg := rest.CopyConfig(restCfg)
@@ -238,18 +322,6 @@ func newElector(o config.Options, restCfg *rest.Config, lead func(context.Contex
 	leClient, err := kubernetes.NewForConfig(leCfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the leader-election client: %w", err)
-	}
-	identity := o.LeaderElectIdentity
-	if identity == "" {
-		host, _ := os.Hostname()
-		identity = host
-	}
-	// A suffix keeps two processes with one name (a restarted pod, a
-	// test) from both believing they lead.
-	identity += "_" + string(uuid.NewUUID())[:8]
-	namespace := o.LeaderElectNamespace
-	if namespace == "" {
-		namespace = inClusterNamespace()
 	}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Name: o.LeaseName(), Namespace: namespace},
@@ -266,11 +338,8 @@ func newElector(o config.Options, restCfg *rest.Config, lead func(context.Contex
 		Name:            o.LeaseName(),
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: lead,
-			OnStoppedLeading: func() {
-				m.SetLeader(false)
-				logger.Info("No longer the leader")
-			},
-			OnNewLeader: func(id string) { logger.Info("Leader is", "identity", id) },
+			OnStoppedLeading: func() { logger.Info("No longer the leader") },
+			OnNewLeader:      func(id string) { logger.Info("Leader is", "identity", id) },
 		},
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,11 +17,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	libmetrics "sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 )
@@ -48,7 +51,7 @@ func ptr[T any](v T) *T { return &v }
 // provisioner, wired as in production, against the fake clientset.
 func TestControllerWithFakeClientset(t *testing.T) {
 	t.Parallel()
-	logger, ctx := ktesting.NewTestContext(t)
+	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -59,18 +62,10 @@ func TestControllerWithFakeClientset(t *testing.T) {
 		Parameters:  map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.labels.app}", "onDelete": "delete"},
 	}
 	client := fake.NewClientset(class)
-	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", Workers: 4, FSTimeout: 5 * time.Second}
-	w, err := newController(logger, client, nil, o, exportfs.New(root, o.FSTimeout), metrics.New(), libmetrics.New("controller"))
-	require.NoError(t, err)
-	w.factory.Start(ctx.Done())
-	defer func() {
-		cancel()
-		w.factory.Shutdown()
-	}()
-	go w.ctrl.Run(ctx)
+	startActing(ctx, t, client, root, incumbent.NewChecker(client.CoreV1(), "nfs", "example.com-nfs", "me", time.Now), metrics.New())
 
 	pvcs := client.CoreV1().PersistentVolumeClaims("team-a")
-	_, err = pvcs.Create(ctx, testClaim("good", map[string]string{"app": "web"}), metav1.CreateOptions{})
+	_, err := pvcs.Create(ctx, testClaim("good", map[string]string{"app": "web"}), metav1.CreateOptions{})
 	require.NoError(t, err)
 	_, err = pvcs.Create(ctx, testClaim("hostile", map[string]string{"app": ".."}), metav1.CreateOptions{})
 	require.NoError(t, err)
@@ -106,6 +101,36 @@ func TestControllerWithFakeClientset(t *testing.T) {
 		return err != nil, nil
 	}), "PV deleted")
 	assert.NoDirExists(t, filepath.Join(root, "team-a/web"))
+}
+
+var newControllerMu sync.Mutex
+
+// startActing wires the controller as Run does, with the fake clientset and
+// the export at root, and lets it act while checker finds no incumbent.
+func startActing(ctx context.Context, t *testing.T, client *fake.Clientset, root string, checker incumbentChecker, m *metrics.Metrics) {
+	t.Helper()
+	logger := klog.FromContext(ctx)
+	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", Workers: 4, FSTimeout: 5 * time.Second}
+	// NewProvisionController registers types in client-go's global scheme:
+	// one at a time.
+	newControllerMu.Lock()
+	w, err := newController(logger, client, nil, o, exportfs.New(root, o.FSTimeout), m, libmetrics.New("controller"))
+	newControllerMu.Unlock()
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.factory.Start(runCtx.Done())
+	go w.ctrl.Run(runCtx)
+	a := &actor{logger: logger, gate: w.gate, informers: w.switched, incumbent: checker, interval: 10 * time.Millisecond, grace: 5 * time.Second, metrics: m, workers: o.Workers}
+	acted := make(chan struct{})
+	go func() {
+		defer close(acted)
+		a.act(runCtx, ctx)
+	}()
+	t.Cleanup(func() {
+		<-acted
+		cancel()
+		w.factory.Shutdown()
+	})
 }
 
 func waitForEvent(ctx context.Context, t *testing.T, client *fake.Clientset, object, reason string) v1.Event {

@@ -33,6 +33,8 @@ type Options struct {
 	HTTPAddress string
 	EnablePprof bool
 	FSTimeout   time.Duration
+
+	ShutdownGracePeriod time.Duration
 }
 
 // Defaults. The client and worker numbers let one replica provision
@@ -50,6 +52,9 @@ const (
 	// A standby retries every RetryPeriod plus up to 1.2× of jitter, so
 	// 800ms keeps the takeover after a graceful shutdown under 2s.
 	DefaultRetryPeriod = 800 * time.Millisecond
+	// Below the pod's terminationGracePeriodSeconds (30s), which must leave
+	// room for releasing the Lease after the wait.
+	DefaultShutdownGracePeriod = 20 * time.Second
 )
 
 // flagEnv pairs each flag with the environment variable read when the flag
@@ -72,6 +77,7 @@ var flagEnv = []struct{ flag, env string }{
 	{"http-address", "HTTP_ADDRESS"},
 	{"enable-pprof", "ENABLE_PPROF"},
 	{"fs-timeout", "FS_TIMEOUT"},
+	{"shutdown-grace-period", "SHUTDOWN_GRACE_PERIOD"},
 }
 
 // EnvVar returns the environment variable behind a flag, or "".
@@ -106,6 +112,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.HTTPAddress, "http-address", DefaultHTTPAddress, help("http-address", "Address serving /metrics, /healthz and /readyz."))
 	fs.BoolVar(&o.EnablePprof, "enable-pprof", false, help("enable-pprof", "Also serve /debug/pprof/ on --http-address."))
 	fs.DurationVar(&o.FSTimeout, "fs-timeout", DefaultFSTimeout, help("fs-timeout", "Bound on one filesystem operation on the export, so a hung NFS mount fails operations instead of hanging them."))
+	fs.DurationVar(&o.ShutdownGracePeriod, "shutdown-grace-period", DefaultShutdownGracePeriod, help("shutdown-grace-period", "On SIGTERM, how long provisions and deletes in flight may take to finish before the Lease is released; keep it below the pod's terminationGracePeriodSeconds."))
 }
 
 // ApplyEnv sets, from the environment, every flag of fs not given on the
@@ -152,6 +159,9 @@ func (o *Options) Validate() error {
 	}
 	if o.FSTimeout <= 0 {
 		errs = append(errs, errors.New("--fs-timeout must be positive"))
+	}
+	if o.ShutdownGracePeriod < 0 {
+		errs = append(errs, errors.New("--shutdown-grace-period must not be negative"))
 	}
 	if o.LeaderElect && !(o.LeaderElectLeaseDuration > o.LeaderElectRenewDeadline && o.LeaderElectRenewDeadline > o.LeaderElectRetryPeriod && o.LeaderElectRetryPeriod > 0) {
 		errs = append(errs, fmt.Errorf("leader election needs lease duration (%s) > renew deadline (%s) > retry period (%s) > 0",

@@ -132,3 +132,22 @@ func TestEveryFlagHasAnEnvVar(t *testing.T) {
 		assert.NotEmpty(t, EnvVar(f.Name), "flag --%s has no environment variable", f.Name)
 	})
 }
+
+func TestShutdownGracePeriod(t *testing.T) {
+	t.Parallel()
+	o, err := parse(t, nil, incumbentEnv)
+	require.NoError(t, err)
+	assert.Equal(t, 20*time.Second, o.ShutdownGracePeriod, "default")
+
+	env := map[string]string{"SHUTDOWN_GRACE_PERIOD": "5s"}
+	for k, v := range incumbentEnv {
+		env[k] = v
+	}
+	o, err = parse(t, nil, env)
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Second, o.ShutdownGracePeriod, "from SHUTDOWN_GRACE_PERIOD")
+
+	_, err = parse(t, []string{"--shutdown-grace-period=-1s"}, incumbentEnv)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "--shutdown-grace-period must not be negative")
+}

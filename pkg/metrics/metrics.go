@@ -44,6 +44,7 @@ type Metrics struct {
 	operations *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	leader     prometheus.Gauge
+	waiting    prometheus.Gauge
 }
 
 // New registers our collectors and the Go and process collectors on a new
@@ -67,9 +68,14 @@ func New() *Metrics {
 			Name:      "leader",
 			Help:      "1 while this replica holds the leader Lease and provisions, 0 while it stands by.",
 		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace,
+			Name:      "waiting_for_incumbent",
+			Help:      "1 while this replica would provision but a running nfs-subdir-external-provisioner leads (or it cannot tell yet), 0 otherwise.",
+		}),
 	}
 	m.Registry.MustRegister(
-		m.operations, m.duration, m.leader,
+		m.operations, m.duration, m.leader, m.waiting,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -95,6 +101,16 @@ func (m *Metrics) SetLeader(leading bool) {
 		m.leader.Set(1)
 	} else {
 		m.leader.Set(0)
+	}
+}
+
+// SetWaitingForIncumbent records whether this replica defers to a running
+// nfs-subdir-external-provisioner.
+func (m *Metrics) SetWaitingForIncumbent(waiting bool) {
+	if waiting {
+		m.waiting.Set(1)
+	} else {
+		m.waiting.Set(0)
 	}
 }
 
