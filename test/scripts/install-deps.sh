@@ -31,7 +31,7 @@ done
 UNITS=(nfs-ganesha.service nfs-ganesha-lock.service nfs-ganesha-config.service rpcbind.service rpcbind.socket)
 
 have_systemd() {
-	[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+	[ -d "${INSTALL_DEPS_SYSTEMD_DIR:-/run/systemd/system}" ] && command -v systemctl >/dev/null 2>&1
 }
 
 # unit_state prints "<enabled> <active>" for a unit, e.g. "yes no".
@@ -53,7 +53,7 @@ fi
 
 # Block service starts from maintainer scripts (invoke-rc.d, deb-systemd-invoke)
 # unless the machine already has a policy (Docker images do).
-policy=/usr/sbin/policy-rc.d
+policy=${INSTALL_DEPS_POLICY_RC_D:-/usr/sbin/policy-rc.d} # tests override both
 created_policy=
 if [ ! -e "$policy" ]; then
 	printf '#!/bin/sh\nexit 101\n' >"$policy"
