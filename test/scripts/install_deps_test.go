@@ -34,10 +34,10 @@ func fakeHost(t *testing.T, installed bool, enabled, active []string) (dir strin
 		status = "install ok installed"
 	}
 	tools := map[string]string{
-		"id":          `echo 0`,
-		"dpkg-query":  `[ -e "$STATE/installed" ] && s="install ok installed" || s="` + status + `"; printf '%s' "$s"`,
-		"apt-get":     `[ "$1" = install ] || exit 0; touch "$STATE/installed"; for u in nfs-ganesha.service rpcbind.socket; do touch "$STATE/$u.enabled" "$STATE/$u.active"; done`,
-		"systemctl":   `echo "$*" >>"$STATE/calls"; q=; [ "$2" = --quiet ] && { q=1; u=$3; } || u=$2; case $1 in is-enabled) [ -e "$STATE/$u.enabled" ];; is-active) [ -e "$STATE/$u.active" ];; stop) rm -f "$STATE/$u.active";; disable) rm -f "$STATE/$3.enabled" "$STATE/$2.enabled";; esac`,
+		"id":           `echo 0`,
+		"dpkg-query":   `[ -e "$STATE/installed" ] && s="install ok installed" || s="` + status + `"; printf '%s' "$s"`,
+		"apt-get":      `[ "$1" = install ] || exit 0; touch "$STATE/installed"; for u in nfs-ganesha.service rpcbind.socket; do touch "$STATE/$u.enabled" "$STATE/$u.active"; done`,
+		"systemctl":    `echo "$*" >>"$STATE/calls"; q=; [ "$2" = --quiet ] && { q=1; u=$3; } || u=$2; case $1 in is-enabled) [ -e "$STATE/$u.enabled" ];; is-active) [ -e "$STATE/$u.active" ];; stop) rm -f "$STATE/$u.active";; disable) rm -f "$STATE/$3.enabled" "$STATE/$2.enabled";; esac`,
 		"ganesha.nfsd": `:`, "nfs-ls": `:`, "nfs-cp": `:`, "nfs-cat": `:`,
 	}
 	for name, body := range tools {
