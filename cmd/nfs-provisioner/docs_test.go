@@ -2,11 +2,15 @@ package main
 
 import (
 	"flag"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -170,4 +174,108 @@ func TestDocsMetricsTable(t *testing.T) {
 	}
 	slices.Sort(got)
 	assert.Equal(t, want, got, "README.md metrics rows vs the registry")
+}
+
+// goStrings returns every string literal of the non-test Go files under pkg/.
+func goStrings(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	root := filepath.Join("..", "..", "pkg")
+	require.NoError(t, filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), p, nil, 0)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				if s, err := strconv.Unquote(lit.Value); err == nil {
+					out = append(out, s)
+				}
+			}
+			return true
+		})
+		return nil
+	}))
+	return out
+}
+
+var verb = regexp.MustCompile(`%[-+# 0-9.]*[a-zA-Z]`)
+
+// producible reports whether piece can be a substring of what format
+// expands to, each verb standing for any text.
+func producible(piece, format string) bool {
+	lits := verb.Split(format, -1)
+	for i := range lits {
+		for j := i; j < len(lits); j++ {
+			var b strings.Builder
+			b.WriteString("^")
+			for k := i; k <= j; k++ {
+				l := lits[k]
+				switch {
+				case i == j:
+					b.WriteString(".*" + regexp.QuoteMeta(l) + ".*")
+					continue
+				case k == i:
+					b.WriteString("(?:")
+					for n := range len(l) + 1 {
+						b.WriteString(regexp.QuoteMeta(l[n:]) + "|")
+					}
+					b.WriteString(")")
+				case k == j:
+					b.WriteString("(?:")
+					for n := range len(l) + 1 {
+						b.WriteString(regexp.QuoteMeta(l[:n]) + "|")
+					}
+					b.WriteString(")")
+				default:
+					b.WriteString(regexp.QuoteMeta(l))
+				}
+				if k < j {
+					b.WriteString(".*")
+				}
+			}
+			if i == j && !strings.Contains(lits[i], piece) {
+				continue
+			}
+			b.WriteString("$")
+			if regexp.MustCompile(b.String()).MatchString(piece) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// TestDocsTroubleshootingMessages checks that every "message contains"
+// fragment (pieces between "...") is text a format string in pkg/ can
+// produce.
+func TestDocsTroubleshootingMessages(t *testing.T) {
+	t.Parallel()
+	formats := goStrings(t)
+	rows := tableRows(section(t, readDoc(t, "README.md"), "## Troubleshooting"))
+	require.NotEmpty(t, rows)
+	for _, row := range rows {
+		for _, frag := range spans(row[0]) {
+			for _, piece := range strings.Split(frag, "...") {
+				piece = strings.TrimSpace(piece)
+				// A doc placeholder such as "x" stands for a quoted value.
+				piece = regexp.MustCompile(`"[^"]*"`).ReplaceAllString(piece, `%q`)
+				found := false
+				for _, part := range strings.Split(piece, "%q") {
+					part = strings.TrimSpace(part)
+					if part == "" {
+						continue
+					}
+					found = slices.ContainsFunc(formats, func(f string) bool { return producible(part, f) })
+					if !found {
+						break
+					}
+				}
+				assert.True(t, found, "README Troubleshooting: no message in pkg/ produces %q (of %q)", piece, frag)
+			}
+		}
+	}
 }
