@@ -209,36 +209,35 @@ var verb = regexp.MustCompile(`%[-+# 0-9.]*[a-zA-Z]`)
 func producible(piece, format string) bool {
 	lits := verb.Split(format, -1)
 	for i := range lits {
-		for j := i; j < len(lits); j++ {
+		if strings.Contains(lits[i], piece) {
+			return true
+		}
+		for j := i + 1; j < len(lits); j++ {
 			var b strings.Builder
 			b.WriteString("^")
 			for k := i; k <= j; k++ {
 				l := lits[k]
 				switch {
-				case i == j:
-					b.WriteString(".*" + regexp.QuoteMeta(l) + ".*")
-					continue
 				case k == i:
-					b.WriteString("(?:")
-					for n := range len(l) + 1 {
-						b.WriteString(regexp.QuoteMeta(l[n:]) + "|")
+					// A non-empty end of the first literal, and a non-empty
+					// start of the last: the piece is anchored in text.
+					alts := []string{}
+					for n := range len(l) {
+						alts = append(alts, regexp.QuoteMeta(l[n:]))
 					}
-					b.WriteString(")")
+					b.WriteString("(?:" + strings.Join(append(alts, "\x00"), "|") + ")")
 				case k == j:
-					b.WriteString("(?:")
-					for n := range len(l) + 1 {
-						b.WriteString(regexp.QuoteMeta(l[:n]) + "|")
+					alts := []string{}
+					for n := 1; n <= len(l); n++ {
+						alts = append(alts, regexp.QuoteMeta(l[:n]))
 					}
-					b.WriteString(")")
+					b.WriteString("(?:" + strings.Join(append(alts, "\x00"), "|") + ")")
 				default:
 					b.WriteString(regexp.QuoteMeta(l))
 				}
 				if k < j {
 					b.WriteString(".*")
 				}
-			}
-			if i == j && !strings.Contains(lits[i], piece) {
-				continue
 			}
 			b.WriteString("$")
 			if regexp.MustCompile(b.String()).MatchString(piece) {
@@ -264,7 +263,8 @@ func TestDocsTroubleshootingMessages(t *testing.T) {
 				// A doc placeholder such as "x" stands for a quoted value.
 				piece = regexp.MustCompile(`"[^"]*"`).ReplaceAllString(piece, `%q`)
 				found := false
-				for _, part := range strings.Split(piece, "%q") {
+				// Wrapped errors join at ": " (fmt.Errorf("...: %w")).
+				for _, part := range regexp.MustCompile(`%q|: `).Split(piece, -1) {
 					part = strings.TrimSpace(part)
 					if part == "" {
 						continue
