@@ -7,6 +7,7 @@ import (
 	"go/token"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -277,5 +278,25 @@ func TestDocsTroubleshootingMessages(t *testing.T) {
 				assert.True(t, found, "README Troubleshooting: no message in pkg/ produces %q (of %q)", piece, frag)
 			}
 		}
+	}
+}
+
+// TestMakeHelpListsEveryTarget checks that `make help` shows every target
+// the Makefile declares .PHONY.
+func TestMakeHelpListsEveryTarget(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("make not installed")
+	}
+	out, err := exec.Command("make", "-s", "-C", filepath.Join("..", ".."), "help").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	listed := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(l, "  ") {
+			listed[f[0]] = true
+		}
+	}
+	for _, m := range regexp.MustCompile(`(?m)^\.PHONY: (\S+)`).FindAllStringSubmatch(readDoc(t, "Makefile"), -1) {
+		assert.True(t, listed[m[1]], "make help does not list %q", m[1])
 	}
 }
