@@ -15,9 +15,13 @@ LDFLAGS    := -s -w \
 	-X github.com/kube-nfs/nfs-provisioner/pkg/version.BuildDate=$(BUILD_DATE)
 IMAGE      ?= ghcr.io/kube-nfs/nfs-provisioner
 PLATFORMS  ?= linux/amd64,linux/arm64
+# make image pushes only with PUSH=1; otherwise the multi-arch image is
+# written to dist/ as an OCI archive (a local Docker store can't hold one).
+PUSH       ?=
 HELM       := .cache/bin/helm
 CHART      := charts/nfs-provisioner
 FUZZTIME   ?= 10s
+, := ,
 
 ##@ Build
 
@@ -26,10 +30,12 @@ build: ## Build bin/nfs-provisioner for this machine
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/nfs-provisioner ./cmd/nfs-provisioner
 
 .PHONY: image
-image: ## Build and push the multi-arch image (needs a Docker engine with buildx)
+image: ## Build the multi-arch image as an OCI archive in dist/; PUSH=1 pushes it to IMAGE instead (needs Docker buildx)
+	$(if $(PUSH),,mkdir -p dist)
 	docker buildx build --platform $(PLATFORMS) \
 		--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILD_DATE=$(BUILD_DATE) \
-		-t $(IMAGE):$(VERSION) --push .
+		-t $(IMAGE):$(VERSION) \
+		$(if $(PUSH),--push,--output type=oci$(,)dest=dist/nfs-provisioner-image.tar) .
 
 .PHONY: release
 release: $(HELM) ## Binaries for linux/amd64 and linux/arm64 plus the packaged chart in dist/
@@ -103,4 +109,4 @@ clean: ## Remove build output (keeps the cached control plane and helm)
 
 .PHONY: help
 help: ## This list
-	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_.-]+:.*##/ {printf "  %-12s %s\n", $$1, $$2} /^##@/ {printf "\n%s\n", substr($$0, 5)}' $(MAKEFILE_LIST)

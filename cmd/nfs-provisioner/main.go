@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,31 +20,45 @@ import (
 )
 
 func main() {
-	os.Exit(run())
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run() int {
-	fs := flag.NewFlagSet("nfs-provisioner", flag.ContinueOnError)
-	var opts config.Options
+// newFlagSet registers every flag the binary takes: ours (opts), klog's and
+// --version.
+func newFlagSet(opts *config.Options, stderr io.Writer) (fs *flag.FlagSet, showVersion *bool) {
+	fs = flag.NewFlagSet("nfs-provisioner", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	opts.Bind(fs)
 	klog.InitFlags(fs)
-	showVersion := fs.Bool("version", false, "Print the version and exit.")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	showVersion = fs.Bool("version", false, "Print the version and exit.")
+	return fs, showVersion
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var opts config.Options
+	fs, showVersion := newFlagSet(&opts, stderr)
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
+	// There are no subcommands: a word like "report" would otherwise be
+	// ignored, and the flags after it with it, and the server would start.
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "nfs-provisioner: unexpected argument %q: this command takes flags only (--help lists them)\n", fs.Arg(0))
+		return 2
+	}
 	if *showVersion {
-		fmt.Println(version.String())
+		fmt.Fprintln(stdout, version.String())
 		return 0
 	}
 	if err := config.ApplyEnv(fs, os.LookupEnv); err != nil {
-		fmt.Fprintln(os.Stderr, "nfs-provisioner:", err)
+		fmt.Fprintln(stderr, "nfs-provisioner:", err)
 		return 2
 	}
 	if err := opts.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "nfs-provisioner: invalid settings:", err)
+		fmt.Fprintln(stderr, "nfs-provisioner: invalid settings:", err)
 		return 2
 	}
 

@@ -83,7 +83,7 @@ func Run(ctx context.Context, o config.Options) error {
 	}
 
 	health := leaderelection.NewLeaderHealthzAdaptor(o.LeaderElectRenewDeadline * 2)
-	srv, err := newServer(o.HTTPAddress, m, export, w.synced, health, o.EnablePprof)
+	srv, err := newServer(o.HTTPAddress, m, export, w.synced, health, o.PprofServeAddress())
 	if err != nil {
 		return err
 	}

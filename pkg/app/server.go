@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -21,19 +22,30 @@ type writableChecker interface {
 	CheckWritable(ctx context.Context) error
 }
 
-// server serves /metrics, /healthz, /readyz and, if enabled, /debug/pprof/.
+// server serves /metrics, /healthz and /readyz on one listener and, if
+// enabled, /debug/pprof/ on a listener of its own.
 type server struct {
 	listener net.Listener
 	http     *http.Server
+	// pprofListener and pprof are nil unless profiling is enabled.
+	pprofListener net.Listener
+	pprof         *http.Server
 }
 
-// newServer binds the address at once, so a port clash fails start-up.
+// readyMaxAge is how old a /readyz answer may be. Probes and scrapers are
+// unauthenticated: without it, every request would write on the export.
+const readyMaxAge = time.Second
+
+// newServer binds the addresses at once, so a port clash fails start-up.
 // synced tells whether the informers have completed their first list.
-func newServer(address string, m *metrics.Metrics, export writableChecker, synced func() bool, leader *leaderelection.HealthzAdaptor, enablePprof bool) (*server, error) {
+// pprofAddress "" serves no profiles.
+func newServer(address string, m *metrics.Metrics, export writableChecker, synced func() bool, leader *leaderelection.HealthzAdaptor, pprofAddress string) (*server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	// Liveness fails only when this replica leads but could not renew the
-	// Lease for a while: a restart is the cure. An export outage is not.
+	// Liveness fails only when this replica leads but its last renewal of
+	// the Lease is older than the lease duration plus the adaptor's timeout:
+	// it should have exited after the renew deadline, so it is stuck, and a
+	// restart is the cure. An export outage is not.
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := leader.Check(r); err != nil {
 			http.Error(w, "leader election: "+err.Error(), http.StatusInternalServerError)
@@ -45,34 +57,52 @@ func newServer(address string, m *metrics.Metrics, export writableChecker, synce
 	// leader nor a standby could provision), and the export is mounted and
 	// writable, checked within readyTimeout so a hung NFS mount fails the
 	// probe instead of hanging it.
+	ready := newReadiness(export, readyMaxAge, readyTimeout)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !synced() {
 			http.Error(w, "informers: not synced yet", http.StatusServiceUnavailable)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
-		defer cancel()
-		if err := export.CheckWritable(ctx); err != nil {
+		if err := ready.check(r.Context()); err != nil {
 			http.Error(w, "export: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	if enablePprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
 	l, err := net.Listen("tcp", address)
 	if err != nil {
 		return nil, fmt.Errorf("listening on --http-address %q: %w", address, err)
 	}
-	return &server{listener: l, http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+	s := &server{listener: l, http: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	if pprofAddress == "" {
+		return s, nil
+	}
+	// Profiles on their own listener (loopback by default), never behind
+	// the metrics Service: they expose memory and a CPU profile costs CPU.
+	pm := http.NewServeMux()
+	pm.HandleFunc("/debug/pprof/", pprof.Index)
+	pm.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	pm.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	pm.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	pm.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	pl, err := net.Listen("tcp", pprofAddress)
+	if err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("listening on --pprof-address %q: %w", pprofAddress, err)
+	}
+	s.pprofListener, s.pprof = pl, &http.Server{Handler: pm, ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
 }
 
 func (s *server) serve(logger klog.Logger) {
+	if s.pprof != nil {
+		logger.Info("Serving profiles", "address", s.pprofListener.Addr().String())
+		go func() {
+			if err := s.pprof.Serve(s.pprofListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error(err, "Profile server failed")
+			}
+		}()
+	}
 	logger.Info("Serving metrics and probes", "address", s.listener.Addr().String())
 	if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		logger.Error(err, "HTTP server failed")
@@ -85,4 +115,70 @@ func (s *server) shutdown(logger klog.Logger) {
 	if err := s.http.Shutdown(ctx); err != nil {
 		logger.Error(err, "Stopping the HTTP server")
 	}
+	if s.pprof != nil {
+		if err := s.pprof.Shutdown(ctx); err != nil {
+			logger.Error(err, "Stopping the profile server")
+		}
+	}
+}
+
+// readiness runs the export's writability check at most once per maxAge
+// whatever the request rate: requests within maxAge of the last result get
+// it, and requests during a check wait for that one.
+type readiness struct {
+	export  writableChecker
+	maxAge  time.Duration
+	timeout time.Duration
+
+	mu      sync.Mutex
+	checked time.Time     // when the last result was obtained
+	result  error         // the last result
+	running chan struct{} // closed when the check in flight ends; nil if none
+}
+
+func newReadiness(export writableChecker, maxAge, timeout time.Duration) *readiness {
+	return &readiness{export: export, maxAge: maxAge, timeout: timeout}
+}
+
+// check returns a result at most maxAge old, waiting at most timeout for a
+// fresh one: a hung export fails the request, it does not hang it.
+func (r *readiness) check(ctx context.Context) error {
+	r.mu.Lock()
+	if !r.checked.IsZero() && time.Since(r.checked) < r.maxAge {
+		err := r.result
+		r.mu.Unlock()
+		return err
+	}
+	done := r.running
+	if done == nil {
+		done = make(chan struct{})
+		r.running = done
+		// Not the request's context: the check is shared, and a hung one
+		// is bounded by timeout, not by whoever asked first.
+		go r.run(done)
+	}
+	r.mu.Unlock()
+
+	t := time.NewTimer(r.timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.result
+	case <-t.C:
+		return fmt.Errorf("writability check still running after %s", r.timeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *readiness) run(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	err := r.export.CheckWritable(ctx)
+	r.mu.Lock()
+	r.result, r.checked, r.running = err, time.Now(), nil
+	r.mu.Unlock()
+	close(done)
 }

@@ -1,9 +1,12 @@
 package app
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +42,7 @@ func TestServerEndpoints(t *testing.T) {
 	}{
 		"writable export":       {exportDir: t.TempDir(), wantReady: http.StatusOK, wantReadyIn: "ok", wantPprof: http.StatusNotFound},
 		"export not mounted":    {exportDir: filepath.Join(t.TempDir(), "missing"), wantReady: http.StatusServiceUnavailable, wantReadyIn: "does not exist", wantPprof: http.StatusNotFound},
-		"pprof behind its flag": {exportDir: t.TempDir(), pprof: true, wantReady: http.StatusOK, wantReadyIn: "ok", wantPprof: http.StatusOK},
+		"pprof behind its flag": {exportDir: t.TempDir(), pprof: true, wantReady: http.StatusOK, wantReadyIn: "ok", wantPprof: http.StatusNotFound},
 		"informers not synced":  {exportDir: t.TempDir(), notSynced: true, wantReady: http.StatusServiceUnavailable, wantReadyIn: "not synced", wantPprof: http.StatusNotFound},
 	}
 	for name, tc := range cases {
@@ -49,7 +52,11 @@ func TestServerEndpoints(t *testing.T) {
 			export := exportfs.New(tc.exportDir, time.Second)
 			m.RegisterExportUsage(export, time.Second, logger)
 			synced := func() bool { return !tc.notSynced }
-			srv, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), tc.pprof)
+			pprofAddress := ""
+			if tc.pprof {
+				pprofAddress = "127.0.0.1:0"
+			}
+			srv, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), pprofAddress)
 			require.NoError(t, err)
 			go srv.serve(logger)
 			defer srv.shutdown(logger)
@@ -71,7 +78,13 @@ func TestServerEndpoints(t *testing.T) {
 				assert.Contains(t, body, "nfs_provisioner_export_usage_up 0")
 			}
 			code, _ = get(t, base+"/debug/pprof/")
-			assert.Equal(t, tc.wantPprof, code)
+			assert.Equal(t, tc.wantPprof, code, "profiles are never on the metrics port")
+			if tc.pprof {
+				code, _ = get(t, "http://"+srv.pprofListener.Addr().String()+"/debug/pprof/")
+				assert.Equal(t, http.StatusOK, code, "profiles on --pprof-address")
+			} else {
+				assert.Nil(t, srv.pprofListener)
+			}
 		})
 	}
 }
@@ -81,9 +94,72 @@ func TestServerAddressInUse(t *testing.T) {
 	m := metrics.New()
 	export := exportfs.New(t.TempDir(), time.Second)
 	synced := func() bool { return true }
-	first, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
+	first, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
 	require.NoError(t, err)
 	defer first.listener.Close()
-	_, err = newServer(first.listener.Addr().String(), m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), false)
+	_, err = newServer(first.listener.Addr().String(), m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
 	require.ErrorContains(t, err, "listening on --http-address")
+	_, err = newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), first.listener.Addr().String())
+	require.ErrorContains(t, err, "listening on --pprof-address")
+}
+
+// countingChecker counts writability checks; each blocks until release is
+// closed (nil: returns at once).
+type countingChecker struct {
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (c *countingChecker) CheckWritable(ctx context.Context) error {
+	c.calls.Add(1)
+	if c.release != nil {
+		<-c.release // a hung NFS call ignores ctx
+	}
+	return nil
+}
+
+// TestReadyzRateLimited checks that /readyz requests, however many, do not
+// turn into writes on the export at their own rate.
+func TestReadyzRateLimited(t *testing.T) {
+	t.Parallel()
+	logger, _ := ktesting.NewTestContext(t)
+	export := &countingChecker{}
+	srv, err := newServer("127.0.0.1:0", metrics.New(), export, func() bool { return true }, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
+	require.NoError(t, err)
+	go srv.serve(logger)
+	defer srv.shutdown(logger)
+	url := "http://" + srv.listener.Addr().String() + "/readyz"
+
+	const requests, clients = 300, 10
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range requests / clients {
+				code, body := get(t, url)
+				assert.Equal(t, http.StatusOK, code, body)
+			}
+		})
+	}
+	wg.Wait()
+	// One check, plus one per readyMaxAge the requests took.
+	bound := 1 + int32(time.Since(start)/readyMaxAge) + 1
+	assert.LessOrEqual(t, export.calls.Load(), bound, "%d requests", requests)
+	assert.GreaterOrEqual(t, export.calls.Load(), int32(1))
+}
+
+// TestReadinessHungExport checks that a check that never returns fails the
+// requests within the timeout, and that requests meanwhile don't start more.
+func TestReadinessHungExport(t *testing.T) {
+	t.Parallel()
+	export := &countingChecker{release: make(chan struct{})}
+	defer close(export.release)
+	r := newReadiness(export, time.Hour, 100*time.Millisecond)
+	for range 5 {
+		start := time.Now()
+		err := r.check(context.Background())
+		require.ErrorContains(t, err, "writability check still running after 100ms")
+		assert.Less(t, time.Since(start), 2*time.Second)
+	}
+	assert.EqualValues(t, 1, export.calls.Load(), "one check in flight at a time")
 }

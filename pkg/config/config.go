@@ -30,9 +30,10 @@ type Options struct {
 	KubeAPIBurst int
 	Workers      int
 
-	HTTPAddress string
-	EnablePprof bool
-	FSTimeout   time.Duration
+	HTTPAddress  string
+	EnablePprof  bool
+	PprofAddress string
+	FSTimeout    time.Duration
 
 	ShutdownGracePeriod time.Duration
 }
@@ -55,6 +56,9 @@ const (
 	// Below the pod's terminationGracePeriodSeconds (30s), which must leave
 	// room for releasing the Lease after the wait.
 	DefaultShutdownGracePeriod = 20 * time.Second
+	// Loopback: profiles expose memory contents and cost CPU, so they are
+	// reached with kubectl port-forward, never through the metrics Service.
+	DefaultPprofAddress = "127.0.0.1:6060"
 )
 
 // flagEnv pairs each flag with the environment variable read when the flag
@@ -76,6 +80,7 @@ var flagEnv = []struct{ flag, env string }{
 	{"workers", "WORKERS"},
 	{"http-address", "HTTP_ADDRESS"},
 	{"enable-pprof", "ENABLE_PPROF"},
+	{"pprof-address", "PPROF_ADDRESS"},
 	{"fs-timeout", "FS_TIMEOUT"},
 	{"shutdown-grace-period", "SHUTDOWN_GRACE_PERIOD"},
 }
@@ -110,7 +115,8 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", DefaultKubeAPIBurst, help("kube-api-burst", "Requests allowed above --kube-api-qps in a burst."))
 	fs.IntVar(&o.Workers, "workers", DefaultWorkers, help("workers", "Claims provisioned, and volumes deleted, concurrently."))
 	fs.StringVar(&o.HTTPAddress, "http-address", DefaultHTTPAddress, help("http-address", "Address serving /metrics, /healthz and /readyz."))
-	fs.BoolVar(&o.EnablePprof, "enable-pprof", false, help("enable-pprof", "Also serve /debug/pprof/ on --http-address."))
+	fs.BoolVar(&o.EnablePprof, "enable-pprof", false, help("enable-pprof", "Serve /debug/pprof/ on --pprof-address."))
+	fs.StringVar(&o.PprofAddress, "pprof-address", DefaultPprofAddress, help("pprof-address", "Address serving /debug/pprof/ when --enable-pprof is set; never --http-address."))
 	fs.DurationVar(&o.FSTimeout, "fs-timeout", DefaultFSTimeout, help("fs-timeout", "Bound on one filesystem operation on the export, so a hung NFS mount fails operations instead of hanging them."))
 	fs.DurationVar(&o.ShutdownGracePeriod, "shutdown-grace-period", DefaultShutdownGracePeriod, help("shutdown-grace-period", "On SIGTERM, how long provisions and deletes in flight may take to finish before the Lease is released; keep it below the pod's terminationGracePeriodSeconds."))
 }
@@ -157,6 +163,9 @@ func (o *Options) Validate() error {
 	if o.KubeAPIQPS <= 0 || o.KubeAPIBurst <= 0 || o.Workers <= 0 {
 		errs = append(errs, errors.New("--kube-api-qps, --kube-api-burst and --workers must be positive"))
 	}
+	if o.EnablePprof && (o.PprofAddress == "" || o.PprofAddress == o.HTTPAddress) {
+		errs = append(errs, fmt.Errorf("--enable-pprof needs a --pprof-address of its own (got %q), not --http-address", o.PprofAddress))
+	}
 	if o.FSTimeout <= 0 {
 		errs = append(errs, errors.New("--fs-timeout must be positive"))
 	}
@@ -176,6 +185,14 @@ func (o *Options) Validate() error {
 	}
 	// One line, so a crash-looping pod's last log line says it all.
 	return errors.New(strings.Join(msgs, "; "))
+}
+
+// PprofServeAddress is where /debug/pprof/ is served, "" when it is off.
+func (o *Options) PprofServeAddress() string {
+	if !o.EnablePprof {
+		return ""
+	}
+	return o.PprofAddress
 }
 
 // LeaseName is the Lease the replicas compete for: the provisioner name with

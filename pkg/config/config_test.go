@@ -151,3 +151,33 @@ func TestShutdownGracePeriod(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "--shutdown-grace-period must not be negative")
 }
+
+func TestPprofAddress(t *testing.T) {
+	t.Parallel()
+	required := []string{"--provisioner-name=p", "--nfs-server=s", "--nfs-path=/x"}
+	cases := map[string]struct {
+		args    []string
+		env     map[string]string
+		want    string
+		wantErr string
+	}{
+		"off by default":             {want: ""},
+		"loopback when enabled":      {args: []string{"--enable-pprof"}, want: "127.0.0.1:6060"},
+		"own address from the env":   {env: map[string]string{"ENABLE_PPROF": "true", "PPROF_ADDRESS": ":6061"}, want: ":6061"},
+		"address alone enables none": {args: []string{"--pprof-address=:6061"}, want: ""},
+		"never the metrics port":     {args: []string{"--enable-pprof", "--pprof-address=:8080"}, wantErr: "--enable-pprof needs a --pprof-address of its own"},
+		"not empty":                  {args: []string{"--enable-pprof", "--pprof-address="}, wantErr: "--enable-pprof needs a --pprof-address of its own"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			o, err := parse(t, append(append([]string{}, required...), tc.args...), tc.env)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, o.PprofServeAddress())
+		})
+	}
+}

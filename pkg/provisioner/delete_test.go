@@ -218,7 +218,7 @@ func TestDeleteSeesClaimsBeingProvisioned(t *testing.T) {
 	require.NoError(t, err)
 	pv2 := &v1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "pvc-u2", Annotations: map[string]string{AnnDirectory: "shared", AnnOnDelete: "delete"}},
-		Spec: v1.PersistentVolumeSpec{PersistentVolumeSource: v1.PersistentVolumeSource{NFS: &v1.NFSVolumeSource{Server: testServer, Path: testPath + "/shared"}}},
+		Spec:       v1.PersistentVolumeSpec{PersistentVolumeSource: v1.PersistentVolumeSource{NFS: &v1.NFSVolumeSource{Server: testServer, Path: testPath + "/shared"}}},
 	}
 	require.NoError(t, e.p.Delete(context.Background(), pv2))
 	assert.DirExists(t, filepath.Join(e.root, "shared"), "being handed to a claim")

@@ -231,19 +231,27 @@ func TestRBAC(t *testing.T) {
 					for _, s := range slices.Concat(r.APIGroups, r.Resources, r.Verbs, r.ResourceNames, r.NonResourceURLs) {
 						assert.NotContains(t, s, "*", "%s: wildcard in %+v", obj, r)
 					}
-					assert.NotContains(t, r.Resources, "endpoints", "%s: leader election uses Leases", obj)
+					if slices.Contains(r.Resources, "endpoints") {
+						// Only the incumbent's leader record, only read.
+						assert.Equal(t, []string{"get"}, r.Verbs, "%s: %+v", obj, r)
+						assert.Len(t, r.ResourceNames, 1, "%s: %+v", obj, r)
+					}
 					assert.Empty(t, r.NonResourceURLs, obj)
 				}
 			}
 
 			cr := convert[rbacv1.ClusterRole](t, One(t, objs, "ClusterRole"))
 			want := []rbacv1.PolicyRule{
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"get", "list", "watch", "create", "delete"}},
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"get", "list", "watch", "update"}},
-				{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: []string{"get", "list", "watch"}},
-				{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-				{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch", "update"}},
-				{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+				// Informers list and watch; the library creates PVs and
+				// deletes released ones, updates a WaitForFirstConsumer
+				// claim to reschedule it, and reads nodes and classes from
+				// the informers' caches (never get).
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"list", "watch", "create", "delete"}},
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"list", "watch", "update"}},
+				{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: []string{"list", "watch"}},
+				{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
+				// client-go's event recorder: create, and patch a repeat.
+				{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 			}
 			assert.Equal(t, want, cr.Rules)
 
@@ -254,6 +262,8 @@ func TestRBAC(t *testing.T) {
 			assert.Equal(t, []rbacv1.PolicyRule{
 				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
 				{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{lease}, Verbs: []string{"get", "update"}},
+				// The incumbent's leader record, read before standing by.
+				{APIGroups: []string{""}, Resources: []string{"endpoints"}, ResourceNames: []string{lease}, Verbs: []string{"get"}},
 			}, role.Rules)
 
 			sa := One(t, objs, "ServiceAccount")

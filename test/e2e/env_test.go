@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -121,6 +122,8 @@ func (e *env) startProvisioner(args ...string) *framework.ProvisionerProcess {
 		if !p.Exited() {
 			p.Terminate(10 * time.Second)
 		}
+		// Runs with deploy/'s RBAC: a rule missing there shows here.
+		assert.NotContains(e.t, strings.ToLower(p.Log()), "forbidden", "%s: deploy/rbac.yaml lacks a rule the binary needs (log %s)", id, filepath.Join(e.logDir, id+".log"))
 	})
 	return p
 }

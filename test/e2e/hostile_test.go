@@ -200,13 +200,12 @@ func snapshotTree(t *testing.T, root string) map[string]string {
 }
 
 // metricValue returns the value of the sample whose name and labels are
-// series in a Prometheus text exposition, 0 when absent.
+// series in a Prometheus text exposition. A missing sample fails the test:
+// a renamed metric or label must not read as 0.
 func metricValue(t *testing.T, body, series string) float64 {
 	t.Helper()
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(body)
-	if m == nil {
-		return 0
-	}
+	require.NotNil(t, m, "no sample %s in /metrics:\n%s", series, body)
 	v, err := strconv.ParseFloat(m[1], 64)
 	require.NoError(t, err)
 	return v

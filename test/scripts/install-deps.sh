@@ -7,12 +7,13 @@
 # Idempotent: when everything is installed it only runs dpkg -s and exits.
 # Installing needs root; without root it names the missing packages and exits 1.
 #
-# Package installation must not leave a system NFS server running: the Debian
-# packages enable nfs-ganesha.service (port 2049, 875, registers NFS with
-# rpcbind, owns the org.ganesha.nfsd D-Bus name). Service starts are blocked
-# during the install with a temporary policy-rc.d, and afterwards the system
-# ganesha units are stopped and disabled if systemd runs them. A system rpcbind
-# is harmless (the framework reuses a running one), so it is left alone.
+# The host's services are left as they were: a unit that was enabled or
+# running before (a system NFS server the machine really serves) is never
+# touched. Only our own install is kept from starting anything: service starts
+# are blocked during it with a temporary policy-rc.d, and a unit that our
+# install enabled or started (the Debian packages enable nfs-ganesha.service
+# and rpcbind) is disabled or stopped again, exactly that and nothing more.
+# When nothing is missing the script changes nothing at all.
 set -euo pipefail
 
 PACKAGES=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils)
@@ -26,22 +27,22 @@ for p in "${PACKAGES[@]}"; do
 	installed "$p" || missing+=("$p")
 done
 
-stop_system_ganesha() {
-	if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-		for unit in nfs-ganesha.service nfs-ganesha-lock.service; do
-			if systemctl list-unit-files "$unit" >/dev/null 2>&1; then
-				systemctl disable --now "$unit" >/dev/null 2>&1 || true
-			fi
-		done
-	fi
-	# Without systemd nothing can start it: Debian ships no init script for
-	# nfs-ganesha, only systemd units.
+# Units the packages ship that an install may enable or start.
+UNITS=(nfs-ganesha.service nfs-ganesha-lock.service nfs-ganesha-config.service rpcbind.service rpcbind.socket)
+
+have_systemd() {
+	[ -d "${INSTALL_DEPS_SYSTEMD_DIR:-/run/systemd/system}" ] && command -v systemctl >/dev/null 2>&1
+}
+
+# unit_state prints "<enabled> <active>" for a unit, e.g. "yes no".
+unit_state() {
+	local enabled=no active=no
+	systemctl is-enabled --quiet "$1" 2>/dev/null && enabled=yes
+	systemctl is-active --quiet "$1" 2>/dev/null && active=yes
+	echo "$enabled $active"
 }
 
 if [ "${#missing[@]}" -eq 0 ]; then
-	if [ "$(id -u)" -eq 0 ]; then
-		stop_system_ganesha
-	fi
 	exit 0
 fi
 
@@ -52,7 +53,7 @@ fi
 
 # Block service starts from maintainer scripts (invoke-rc.d, deb-systemd-invoke)
 # unless the machine already has a policy (Docker images do).
-policy=/usr/sbin/policy-rc.d
+policy=${INSTALL_DEPS_POLICY_RC_D:-/usr/sbin/policy-rc.d} # tests override both
 created_policy=
 if [ ! -e "$policy" ]; then
 	printf '#!/bin/sh\nexit 101\n' >"$policy"
@@ -66,12 +67,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
+declare -A before=()
+if have_systemd; then
+	for unit in "${UNITS[@]}"; do
+		before[$unit]=$(unit_state "$unit")
+	done
+fi
+
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 
-stop_system_ganesha
+# Undo what our install did to each unit, and only that. Without systemd
+# nothing starts them: policy-rc.d blocked the init scripts.
+if have_systemd; then
+	for unit in "${UNITS[@]}"; do
+		read -r was_enabled was_active <<<"${before[$unit]}"
+		read -r is_enabled is_active <<<"$(unit_state "$unit")"
+		if [ "$was_active" = no ] && [ "$is_active" = yes ]; then
+			echo "install-deps: stopping $unit, which the install started" >&2
+			systemctl stop "$unit" || true
+		fi
+		if [ "$was_enabled" = no ] && [ "$is_enabled" = yes ]; then
+			echo "install-deps: disabling $unit, which the install enabled" >&2
+			systemctl disable --quiet "$unit" || true
+		fi
+	done
+fi
 
 for p in "${PACKAGES[@]}"; do
 	if ! installed "$p"; then
