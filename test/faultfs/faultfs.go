@@ -189,6 +189,7 @@ type FS struct {
 	Backing string
 
 	server  *fuse.Server
+	dev     uint64 // of the mount; its minor number names the connection
 	workers *workers
 	// closed is closed when the unmount starts: every hang lets go.
 	closed    chan struct{}
@@ -282,6 +283,13 @@ func Mount(tb testing.TB, backing string, o Options) *FS {
 		tb.Fatalf("faultfs: mount %s on %s: %v (as non-root, install fusermount3: package fuse3)", backing, dir, err)
 	}
 	f.server = server
+	var mst unix.Stat_t
+	if err := unix.Stat(dir, &mst); err != nil {
+		_ = server.Unmount()
+		w.stop()
+		tb.Fatalf("faultfs: stat of the new mount %s: %v", dir, err)
+	}
+	f.dev = mst.Dev
 	stopWatchdog := f.watchdog(tb)
 	tb.Cleanup(func() {
 		stopWatchdog()
@@ -471,10 +479,35 @@ func (f *FS) unmount() error {
 	go func() { f.server.Wait(); close(waited) }()
 	select {
 	case <-waited:
+		return nil
 	case <-time.After(10 * time.Second):
-		return fmt.Errorf("%s detached after %v, but its server still runs: a process keeps a file open on it", f.Dir, err)
 	}
-	return nil
+	// A call is still in flight, or a process keeps a file open. Abort
+	// the connection: every pending and later call fails with ENOTCONN.
+	// Otherwise this process could never exit, should one of its own
+	// threads wait for an answer from the server it is ending.
+	if aerr := f.abort(); aerr != nil {
+		return fmt.Errorf("%s detached after %v, but its server still runs (a call in flight, or a file open on it), and aborting the connection failed: %w", f.Dir, err, aerr)
+	}
+	select {
+	case <-waited:
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("%s: the server still runs 10s after its connection was aborted", f.Dir)
+	}
+	return fmt.Errorf("%s: unmount failed (%v) and calls still ran 10s after a lazy unmount: the connection was aborted", f.Dir, err)
+}
+
+// abort aborts the FUSE connection through the fusectl filesystem, mounting
+// it first if needed (systemd mounts it at boot; containers often lack it).
+func (f *FS) abort() error {
+	const ctl = "/sys/fs/fuse/connections"
+	file := fmt.Sprintf("%s/%d/abort", ctl, unix.Minor(f.dev))
+	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
+		if err := unix.Mount("fusectl", ctl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount fusectl on %s: %w", ctl, err)
+		}
+	}
+	return os.WriteFile(file, []byte("1"), 0)
 }
 
 // Mounted reports whether dir is a mount point in /proc/self/mountinfo, for

@@ -78,10 +78,18 @@ func TestLoopback(t *testing.T) {
 
 	require.NoError(t, os.Rename(filepath.Join(f.Dir, "a", "b"), filepath.Join(f.Dir, "a", "c")))
 	assert.DirExists(t, filepath.Join(f.Backing, "a", "c"))
-	// RENAME_NOREPLACE reaches the backing directory.
-	require.NoError(t, os.Mkdir(filepath.Join(f.Dir, "a", "d"), 0o755))
-	err = unix.Renameat2(unix.AT_FDCWD, filepath.Join(f.Dir, "a", "c"), unix.AT_FDCWD, filepath.Join(f.Dir, "a", "d"), unix.RENAME_NOREPLACE)
-	assert.ErrorIs(t, err, syscall.EEXIST)
+	// RENAME_NOREPLACE reaches the backing directory: the target appears
+	// there after the kernel looked it up (and found nothing), while the
+	// rename is held.
+	h := f.Hang(Match{Ops: []Op{OpRename}})
+	done := inBackground(func() error {
+		return unix.Renameat2(unix.AT_FDCWD, filepath.Join(f.Dir, "a", "c"), unix.AT_FDCWD, filepath.Join(f.Dir, "a", "d"), unix.RENAME_NOREPLACE)
+	})
+	require.NoError(t, h.WaitBlocked(timeout(t), 1))
+	require.NoError(t, os.Mkdir(filepath.Join(f.Backing, "a", "d"), 0o755))
+	h.Clear()
+	assert.ErrorIs(t, waitDone(t, done, "rename"), syscall.EEXIST)
+	assert.DirExists(t, filepath.Join(f.Backing, "a", "c"))
 
 	entries, err := os.ReadDir(filepath.Join(f.Dir, "a"))
 	require.NoError(t, err)
@@ -255,23 +263,32 @@ func TestRootSquash(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("root_squash maps uid 0: run as root")
 	}
+	// Give the process a supplementary group, which the workers inherit,
+	// to see that a squashed caller does not keep it.
+	groups, err := unix.Getgroups()
+	require.NoError(t, err)
+	const rootGroup = 4242
+	require.NoError(t, syscall.Setgroups(append([]int{rootGroup}, groups...)))
+	t.Cleanup(func() { require.NoError(t, syscall.Setgroups(groups)) })
+
 	f := mount(t)
 	for name, mode := range map[string]os.FileMode{"locked": 0o755, "group": 0o775, "open": 0o777} {
 		require.NoError(t, os.Mkdir(filepath.Join(f.Backing, name), mode))
 		require.NoError(t, os.Chmod(filepath.Join(f.Backing, name), mode))
 	}
+	require.NoError(t, os.Chown(filepath.Join(f.Backing, "group"), 0, rootGroup))
 	require.NoError(t, os.WriteFile(filepath.Join(f.Backing, "file"), nil, 0o644))
 
 	restore := f.RootSquash(Nobody)
-	err := os.Chown(filepath.Join(f.Dir, "file"), 1000, 1000)
+	err = os.Chown(filepath.Join(f.Dir, "file"), 1000, 1000)
 	assert.ErrorIs(t, err, syscall.EPERM, "chown as squashed root")
 	err = os.Chmod(filepath.Join(f.Dir, "file"), 0o600)
 	assert.ErrorIs(t, err, syscall.EPERM, "chmod of root's file as squashed root")
 	err = os.Mkdir(filepath.Join(f.Dir, "locked", "x"), 0o755)
 	assert.ErrorIs(t, err, syscall.EACCES, "mkdir in root's 0755 directory")
-	// Root's supplementary groups (gid 0) are gone too.
+	// Root's supplementary groups are gone too.
 	err = os.Mkdir(filepath.Join(f.Dir, "group", "x"), 0o755)
-	assert.ErrorIs(t, err, syscall.EACCES, "mkdir in root's group-writable 0775 directory")
+	assert.ErrorIs(t, err, syscall.EACCES, "mkdir in a 0775 directory of one of root's groups")
 	assert.ErrorIs(t, unix.Access(filepath.Join(f.Dir, "locked"), unix.W_OK), syscall.EACCES)
 
 	require.NoError(t, os.Mkdir(filepath.Join(f.Dir, "open", "x"), 0o755))
