@@ -423,11 +423,12 @@ func (f *FS) creds(ctx context.Context) (uid, gid uint32) {
 	return uid, gid
 }
 
-// watchdog releases every hang shortly before the test binary's deadline
-// (go test -timeout): the panic it ends with skips t.Cleanup, and a process
-// that dies with one of its threads blocked on its own FUSE server never
-// exits (a zombie holding the mount until the connection is aborted in
-// /sys/fs/fuse/connections).
+// watchdog releases every hang and detaches the mount shortly before the test
+// binary's deadline (go test -timeout): the panic it ends with skips
+// t.Cleanup, a process that dies with one of its threads blocked on its own
+// FUSE server never exits (a zombie holding the mount until the connection is
+// aborted in /sys/fs/fuse/connections), and a mount whose server died stays
+// behind, answering ENOTCONN, until unmounted.
 func (f *FS) watchdog(tb testing.TB) (stop func()) {
 	d, ok := tb.(interface{ Deadline() (time.Time, bool) })
 	if !ok {
@@ -439,8 +440,11 @@ func (f *FS) watchdog(tb testing.TB) (stop func()) {
 	}
 	left := time.Until(deadline)
 	t := time.AfterFunc(left-min(10*time.Second, left/10), func() {
-		tb.Logf("faultfs: the test deadline is near: releasing every hang on %s", f.Dir)
+		tb.Logf("faultfs: the test deadline is near: releasing every hang on %s and detaching it", f.Dir)
 		f.release()
+		if err := unix.Unmount(f.Dir, unix.MNT_DETACH); err != nil {
+			tb.Logf("faultfs: umount2(%s, MNT_DETACH): %v", f.Dir, err)
+		}
 	})
 	return func() { t.Stop() }
 }
