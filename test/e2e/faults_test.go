@@ -190,90 +190,104 @@ func TestFaultExportFull(t *testing.T) {
 	}
 }
 
-// TestFaultDeleteInterrupted: EIO in the middle of deleting a volume's tree,
-// and ESTALE on the rename that archives another, make the operation fail
-// with a Warning Event and keep the PV; once the fault clears the library's
-// retry completes it, and nothing outside the volumes changes.
-func TestFaultDeleteInterrupted(t *testing.T) {
+// releasedVolume is a bound volume with a tree of files in its directory,
+// beside neighbours no delete or archive may touch.
+type releasedVolume struct {
+	claim, dir string
+	pv         *v1.PersistentVolume
+	// before is the export's tree before the claim is deleted.
+	before map[string]entry
+}
+
+func (e *faultEnv) volumeToRelease(ns, claim string, params map[string]string) releasedVolume {
+	e.t.Helper()
+	e.namespace(ns)
+	e.class(claim, params)
+	e.claim(ns, claim, claim)
+	_, pv := e.waitBound(ns, claim, 30*time.Second)
+	dir := ns + "-" + claim + "-" + pv.Name
+	fill(e.t, filepath.Join(e.exportDir, dir))
+	neighbours(e.t, e.exportDir, dir)
+	return releasedVolume{claim: claim, dir: dir, pv: pv, before: tree(e.t, e.exportDir)}
+}
+
+// TestFaultDeleteEIO: EIO in the middle of deleting a volume's tree makes
+// the delete fail with a Warning Event and keeps the PV; once the fault
+// clears the library's retry completes it, and nothing outside the volume
+// changes.
+func TestFaultDeleteEIO(t *testing.T) {
 	e := newFaultEnv(t, nil)
 	const ns = "team-a"
-	e.namespace(ns)
-	e.class("del", map[string]string{"onDelete": "delete"})
-	e.class("arch", map[string]string{"onDelete": "archive"})
-	e.claim(ns, "doomed", "del")
-	e.claim(ns, "kept", "arch")
-	_, pvDel := e.waitBound(ns, "doomed", 30*time.Second)
-	_, pvArch := e.waitBound(ns, "kept", 30*time.Second)
-	delDir := ns + "-doomed-" + pvDel.Name
-	archDir := ns + "-kept-" + pvArch.Name
-	fill(t, filepath.Join(e.exportDir, delDir))
-	fill(t, filepath.Join(e.exportDir, archDir))
-	neighbours(t, e.exportDir, delDir)
-	before := tree(t, e.exportDir)
-	archived := outside(before, delDir)
-	for p, en := range archived {
-		if p == archDir || strings.HasPrefix(p, archDir+"/") {
-			delete(archived, p)
-			archived[strings.Replace(p, archDir, "<archive>", 1)] = en
+	v := e.volumeToRelease(ns, "doomed", map[string]string{"onDelete": "delete"})
+
+	// Hold the first unlink, so the delete has started (the walk down,
+	// reading directories) when the fault switches on.
+	held := e.ffs.Hang(faultfs.Match{Ops: []faultfs.Op{faultfs.OpUnlink}, Path: v.dir})
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, v.claim, metav1.DeleteOptions{}))
+	ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+	defer cancel()
+	require.NoError(t, held.WaitBlocked(ctx, 1))
+	eio := e.ffs.Fail(syscall.EIO, faultfs.Match{Path: v.dir})
+	held.Clear()
+
+	ev := e.waitEvent("", v.pv.Name, "VolumeFailedDelete", "input/output error", 60*time.Second)
+	assert.Equal(t, "Warning", ev.Type)
+	t.Logf("Event on %s: %s", v.pv.Name, ev.Message)
+	_, err := e.client.CoreV1().PersistentVolumes().Get(e.ctx, v.pv.Name, metav1.GetOptions{})
+	require.NoError(t, err, "the PV stays while its directory can't be deleted")
+	mid := tree(t, e.exportDir)
+	assert.DirExists(t, filepath.Join(e.exportDir, v.dir))
+	assert.Less(t, len(mid), len(v.before), "the delete had removed part of the tree when EIO struck")
+	assert.Equal(t, outside(v.before, v.dir), outside(mid, v.dir), "nothing outside the volume changed")
+
+	eio.Clear()
+	e.waitPVGone(v.pv.Name, 90*time.Second)
+	assert.NoDirExists(t, filepath.Join(e.exportDir, v.dir))
+	assert.Equal(t, outside(v.before, v.dir), tree(t, e.exportDir), "only the volume's directory is gone")
+}
+
+// TestFaultArchiveESTALE: ESTALE on the rename that archives a volume makes
+// the archive fail with a Warning Event and keeps the PV; once the fault
+// clears the retry archives the tree intact, and nothing else changes.
+func TestFaultArchiveESTALE(t *testing.T) {
+	e := newFaultEnv(t, nil)
+	const ns = "team-a"
+	v := e.volumeToRelease(ns, "kept", map[string]string{"onDelete": "archive"})
+	// The tree expected afterwards: the volume's entries under <archive>.
+	want := map[string]entry{}
+	for p, en := range v.before {
+		if p == v.dir || strings.HasPrefix(p, v.dir+"/") {
+			p = strings.Replace(p, v.dir, "<archive>", 1)
 		}
+		want[p] = en
 	}
 
-	t.Run("EIO mid-delete", func(t *testing.T) {
-		// Hold the first unlink, so the delete has started (the walk
-		// down, reading directories) when the fault switches on.
-		held := e.ffs.Hang(faultfs.Match{Ops: []faultfs.Op{faultfs.OpUnlink}, Path: delDir})
-		require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "doomed", metav1.DeleteOptions{}))
-		ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
-		defer cancel()
-		require.NoError(t, held.WaitBlocked(ctx, 1))
-		eio := e.ffs.Fail(syscall.EIO, faultfs.Match{Path: delDir})
-		held.Clear()
+	stale := e.ffs.Fail(syscall.ESTALE, faultfs.Match{Ops: []faultfs.Op{faultfs.OpRename}, Path: v.dir})
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, v.claim, metav1.DeleteOptions{}))
+	ev := e.waitEvent("", v.pv.Name, "VolumeFailedDelete", "stale file handle", 60*time.Second)
+	assert.Equal(t, "Warning", ev.Type)
+	t.Logf("Event on %s: %s", v.pv.Name, ev.Message)
+	require.Positive(t, stale.Hits())
+	_, err := e.client.CoreV1().PersistentVolumes().Get(e.ctx, v.pv.Name, metav1.GetOptions{})
+	require.NoError(t, err, "the PV stays while its directory can't be archived")
+	assert.Equal(t, v.before, tree(t, e.exportDir), "nothing changed while the rename fails")
 
-		ev := e.waitEvent("", pvDel.Name, "VolumeFailedDelete", "input/output error", 60*time.Second)
-		assert.Equal(t, "Warning", ev.Type)
-		t.Logf("Event on %s: %s", pvDel.Name, ev.Message)
-		_, err := e.client.CoreV1().PersistentVolumes().Get(e.ctx, pvDel.Name, metav1.GetOptions{})
-		require.NoError(t, err, "the PV stays while its directory can't be deleted")
-		mid := tree(t, e.exportDir)
-		assert.DirExists(t, filepath.Join(e.exportDir, delDir))
-		assert.Less(t, len(mid), len(before), "the delete had removed part of the tree when EIO struck")
-		assert.Equal(t, outside(before, delDir), outside(mid, delDir), "nothing outside the volume changed")
-
-		eio.Clear()
-		e.waitPVGone(pvDel.Name, 90*time.Second)
-		assert.NoDirExists(t, filepath.Join(e.exportDir, delDir))
-		assert.Equal(t, outside(before, delDir), tree(t, e.exportDir), "only the volume's directory is gone")
-	})
-
-	t.Run("ESTALE on archive", func(t *testing.T) {
-		stale := e.ffs.Fail(syscall.ESTALE, faultfs.Match{Ops: []faultfs.Op{faultfs.OpRename}, Path: archDir})
-		require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "kept", metav1.DeleteOptions{}))
-		ev := e.waitEvent("", pvArch.Name, "VolumeFailedDelete", "stale file handle", 60*time.Second)
-		assert.Equal(t, "Warning", ev.Type)
-		t.Logf("Event on %s: %s", pvArch.Name, ev.Message)
-		require.Positive(t, stale.Hits())
-		_, err := e.client.CoreV1().PersistentVolumes().Get(e.ctx, pvArch.Name, metav1.GetOptions{})
-		require.NoError(t, err, "the PV stays while its directory can't be archived")
-		assert.Equal(t, outside(before, delDir), tree(t, e.exportDir), "nothing changed while the rename fails")
-
-		stale.Clear()
-		e.waitPVGone(pvArch.Name, 90*time.Second)
-		after := tree(t, e.exportDir)
-		var archives []string
-		got := map[string]entry{}
-		for p, en := range after {
-			top, _, _ := strings.Cut(p, "/")
-			if strings.HasPrefix(top, "archived-"+archDir+"-") {
-				if !strings.Contains(p, "/") {
-					archives = append(archives, p)
-				}
-				p = strings.Replace(p, top, "<archive>", 1)
+	stale.Clear()
+	e.waitPVGone(v.pv.Name, 90*time.Second)
+	var archives []string
+	got := map[string]entry{}
+	for p, en := range tree(t, e.exportDir) {
+		top, _, _ := strings.Cut(p, "/")
+		if strings.HasPrefix(top, "archived-"+v.dir+"-") {
+			if top == p {
+				archives = append(archives, p)
 			}
-			got[p] = en
+			p = strings.Replace(p, top, "<archive>", 1)
 		}
-		assert.Len(t, archives, 1, "one archive of %s: %v", archDir, archives)
-		assert.Equal(t, archived, got, "the volume's tree moved intact to its archive, nothing else changed")
-	})
+		got[p] = en
+	}
+	assert.Len(t, archives, 1, "one archive of %s: %v", v.dir, archives)
+	assert.Equal(t, want, got, "the volume's tree moved intact to its archive, nothing else changed")
 }
 
 // TestFaultRootSquash: on an export that squashes root, a class with uid/gid
