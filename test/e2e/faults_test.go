@@ -359,3 +359,57 @@ func TestFaultRefusedClaimLeavesNoDirectory(t *testing.T) {
 	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "owned", metav1.DeleteOptions{}))
 	assert.Empty(t, tree(t, exportDir), "the refused claim's directory is still on the export")
 }
+
+// TestFaultExportHung: while every call on the export hangs, /readyz fails
+// within its bound, claims get a Warning Event saying the export may be hung
+// and the process stays up; once the calls are released, /readyz recovers
+// and every claim made meanwhile binds, each to one directory.
+func TestFaultExportHung(t *testing.T) {
+	const fsTimeout = 2 * time.Second
+	e := newFaultEnv(t, nil, "--fs-timeout="+fsTimeout.String())
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("nfs", map[string]string{"onDelete": "delete"})
+	e.claim(ns, "before", "nfs")
+	_, pvBefore := e.waitBound(ns, "before", 30*time.Second)
+	e.waitReadyz(e.p, 200)
+
+	hung := e.ffs.Hang(faultfs.Match{})
+	start := time.Now()
+	e.waitReadyz(e.p, 503)
+	t.Logf("/readyz failed %v after the export hung", time.Since(start).Round(time.Millisecond))
+	_, body, err := e.p.Get(e.ctx, "/readyz")
+	require.NoError(t, err)
+	assert.Contains(t, body, "hung or unreachable")
+
+	claims := []string{"during-1", "during-2", "during-3"}
+	for _, c := range claims {
+		e.claim(ns, c, "nfs")
+	}
+	for _, c := range claims {
+		ev := e.waitEvent(ns, c, "ProvisioningFailed", "hung or unreachable", 60*time.Second)
+		assert.Equal(t, "Warning", ev.Type)
+		t.Logf("Event on %s: %s", c, ev.Message)
+	}
+	require.Positive(t, hung.Blocked(), "the provisioner's calls are stuck in the export")
+	t.Logf("%d calls hung at once, %d in all", hung.Blocked(), hung.Hits())
+	assert.False(t, e.p.Exited(), "the provisioner survives a hung export")
+	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, pvs.Items, 1, "no new PV while the export hangs")
+
+	hung.Clear()
+	e.waitReadyz(e.p, 200)
+	dirs := map[string]bool{ns + "-before-" + pvBefore.Name: true}
+	for _, c := range claims {
+		_, pv := e.waitBound(ns, c, 90*time.Second)
+		dir := ns + "-" + c + "-" + pv.Name
+		e.assertReachable(pv, dir)
+		dirs[dir] = true
+	}
+	entries, err := os.ReadDir(e.exportDir)
+	require.NoError(t, err)
+	for _, en := range entries {
+		assert.True(t, dirs[en.Name()] || strings.HasPrefix(en.Name(), ".nfs-provisioner-probe-"), "unexpected entry %s in the export", en.Name())
+	}
+}
