@@ -280,7 +280,7 @@ func Mount(tb testing.TB, backing string, o Options) *FS {
 	server, err := gofs.Mount(dir, root, opts)
 	if err != nil {
 		w.stop()
-		tb.Fatalf("faultfs: mount %s on %s: %v (as non-root, install fusermount3: package fuse3)", backing, dir, err)
+		tb.Fatalf("faultfs: mount %s on %s: %v (as non-root: fusermount3, package fuse3, must be installed and /dev/fuse open to the user)", backing, dir, err)
 	}
 	f.server = server
 	var mst unix.Stat_t

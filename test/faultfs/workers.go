@@ -3,6 +3,7 @@ package faultfs
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -25,7 +26,10 @@ import (
 // backing directory means only directories inside it are searched, as on an
 // export, whatever the modes of its parents (t.TempDir is 0700).
 type workers struct {
-	backing string
+	// uid and gid are the process's own: calls from that user need no
+	// switch (and an unprivileged process can make none).
+	uid, gid uint32
+	backing  string
 	jobs    chan *job
 	quit    chan struct{}
 	wg      sync.WaitGroup
@@ -39,7 +43,7 @@ type job struct {
 }
 
 func startWorkers(backing string, n int) (*workers, error) {
-	w := &workers{backing: backing, jobs: make(chan *job), quit: make(chan struct{})}
+	w := &workers{uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), backing: backing, jobs: make(chan *job), quit: make(chan struct{})}
 	for range n {
 		ready := make(chan error, 1)
 		w.wg.Add(1)
@@ -99,16 +103,16 @@ func (w *workers) loop(ready chan<- error) {
 // serve runs one job as uid/gid and reports whether the thread's own
 // credentials were restored afterwards.
 func (w *workers) serve(j *job, groups []int) bool {
-	switched := j.uid != 0 || j.gid != 0
+	switched := j.uid != w.uid || j.gid != w.gid
 	if switched {
 		if err := actAs(j.uid, j.gid, nil); err != nil {
 			j.done <- syscall.EIO
-			return actAs(0, 0, groups) == nil
+			return actAs(w.uid, w.gid, groups) == nil
 		}
 	}
 	j.fn()
 	if switched {
-		if err := actAs(0, 0, groups); err != nil {
+		if err := actAs(w.uid, w.gid, groups); err != nil {
 			j.done <- 0
 			return false
 		}
