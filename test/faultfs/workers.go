@@ -30,10 +30,10 @@ type workers struct {
 	// switch (and an unprivileged process can make none).
 	uid, gid uint32
 	backing  string
-	jobs    chan *job
-	quit    chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
+	jobs     chan *job
+	quit     chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
 }
 
 type job struct {
