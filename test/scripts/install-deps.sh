@@ -3,6 +3,8 @@
 #   nfs-ganesha, nfs-ganesha-vfs  userspace NFS server (test/framework/nfs.go)
 #   rpcbind                       ganesha must register with a portmapper at startup
 #   libnfs-utils                  nfs-ls / nfs-cp / nfs-cat, the userspace NFS client
+#   fuse3                         fusermount3 and /etc/fuse.conf for test/faultfs, the FUSE
+#                                 export with injected faults (root mounts without fusermount3)
 #
 # Idempotent: when everything is installed it only runs dpkg -s and exits.
 # Installing needs root; without root it names the missing packages and exits 1.
@@ -16,7 +18,7 @@
 # When nothing is missing the script changes nothing at all.
 set -euo pipefail
 
-PACKAGES=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils)
+PACKAGES=(nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils fuse3)
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
