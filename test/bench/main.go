@@ -436,7 +436,7 @@ func (b *bench) profile(p *framework.ProvisionerProcess, name string, seconds in
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.HTTPAddress, seconds)
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.PprofAddress, seconds)
 		if err := download(url, filepath.Join(b.o.out, name+".cpu.pprof")); err != nil {
 			fmt.Fprintln(os.Stderr, "bench: profile:", err)
 		}
@@ -926,7 +926,7 @@ func (b *bench) runMemory() error {
 		r.PeakRSS = b.peakRSS.Load()
 		// After the RSS readings: a heap profile with gc=1 collects first,
 		// so the heap metrics read next are what is live.
-		if err := download(fmt.Sprintf("http://%s/debug/pprof/heap?gc=1", p.HTTPAddress), filepath.Join(b.o.out, "memory-"+role+".heap.pprof")); err != nil {
+		if err := download(fmt.Sprintf("http://%s/debug/pprof/heap?gc=1", p.PprofAddress), filepath.Join(b.o.out, "memory-"+role+".heap.pprof")); err != nil {
 			return err
 		}
 		if r.LiveHeap, err = scrapeGauge(p, "go_memstats_heap_alloc_bytes"); err != nil {

@@ -48,6 +48,8 @@ type ProvisionerOptions struct {
 type ProvisionerProcess struct {
 	// HTTPAddress serves /metrics, /healthz and /readyz.
 	HTTPAddress string
+	// PprofAddress serves /debug/pprof/, on a port of its own as in a pod.
+	PprofAddress string
 	LogPath     string
 	proc        *process
 	launcher    *launcher
@@ -55,7 +57,7 @@ type ProvisionerProcess struct {
 
 // StartProvisioner starts the binary and waits until /healthz answers.
 func StartProvisioner(ctx context.Context, o ProvisionerOptions) (*ProvisionerProcess, error) {
-	ports, err := freePorts(1)
+	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
 	}
@@ -68,14 +70,14 @@ func StartProvisioner(ctx context.Context, o ProvisionerOptions) (*ProvisionerPr
 		"POD_NAME=" + o.Identity,
 		"KUBECONFIG=" + o.Kubeconfig,
 	}, o.Env...)
-	args := append([]string{"--export-dir=" + o.ExportDir, "--http-address=" + addr, "--enable-pprof"}, o.Args...)
+	args := append([]string{"--export-dir=" + o.ExportDir, "--http-address=" + addr, "--enable-pprof", "--pprof-address=" + loopbackHostPort(ports[1])}, o.Args...)
 	l := newLauncher()
 	proc, err := l.start("nfs-provisioner", o.Binary, args, env, o.LogPath)
 	if err != nil {
 		l.close()
 		return nil, err
 	}
-	p := &ProvisionerProcess{HTTPAddress: addr, LogPath: o.LogPath, proc: proc, launcher: l}
+	p := &ProvisionerProcess{HTTPAddress: addr, PprofAddress: loopbackHostPort(ports[1]), LogPath: o.LogPath, proc: proc, launcher: l}
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
