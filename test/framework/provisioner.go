@@ -50,9 +50,9 @@ type ProvisionerProcess struct {
 	HTTPAddress string
 	// PprofAddress serves /debug/pprof/, on a port of its own as in a pod.
 	PprofAddress string
-	LogPath     string
-	proc        *process
-	launcher    *launcher
+	LogPath      string
+	proc         *process
+	launcher     *launcher
 }
 
 // StartProvisioner starts the binary and waits until /healthz answers.
