@@ -173,8 +173,8 @@ func TestRemoveAllResumes(t *testing.T) {
 	assert.Greater(t, left, 0)
 	assert.Less(t, left, total-100, "progress was kept")
 
-	e.fs.onStep = nil
-	require.NoError(t, e.fs.RemoveAll(context.Background(), "pvc"))
+	// A fresh FS: the stopped work may still read the hook.
+	require.NoError(t, New(e.root, defaultFSTimeout).RemoveAll(context.Background(), "pvc"))
 	assert.NoDirExists(t, e.in("pvc"))
 	assert.FileExists(t, e.in("sibling/f"))
 }
@@ -222,8 +222,8 @@ func TestRemoveAllStepTimeout(t *testing.T) {
 		assert.Contains(t, err.Error(), "may be hung or unreachable")
 		release()
 		require.Eventually(t, func() bool { return len(f.slots) == 0 && len(f.removals) == 0 }, 5*time.Second, time.Millisecond)
-		f.onStep = nil
-		require.NoError(t, f.RemoveAll(context.Background(), "pvc"))
+		// A fresh FS: the abandoned work may still read the hooks.
+		require.NoError(t, New(e.root, timeout).RemoveAll(context.Background(), "pvc"))
 		assert.NoDirExists(t, e.in("pvc"))
 	})
 }
