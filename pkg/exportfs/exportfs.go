@@ -73,10 +73,19 @@ type FS struct {
 	timeout  time.Duration
 	slots    chan struct{}
 	removals chan struct{} // held by RemoveAll besides its slot
+	// files is held by each call on the provisioner's own files (ReadFile,
+	// AppendFile, ReplaceFile) until its system calls return.
+	files  chan struct{}
+	brk    breaker
+	mkdirs creations
 
 	// beforeOp, when set (only by tests), runs in the work goroutine before
 	// the operation starts; it lets tests simulate a hung export.
 	beforeOp func()
+	// afterCreate, when set (only by tests), runs in MkdirAll's work
+	// goroutine once it created the leaf: a call blocked in the kernel
+	// that completes after its caller gave up.
+	afterCreate func()
 	// onStep, when set (only by tests), runs in RemoveAll's work goroutine
 	// after each of its system calls; it lets tests hang, slow down, cancel
 	// or race a removal midway.
@@ -92,6 +101,7 @@ func New(root string, timeout time.Duration) *FS {
 		timeout:  timeout,
 		slots:    make(chan struct{}, maxStuck),
 		removals: make(chan struct{}, maxRemovals),
+		files:    make(chan struct{}, 1),
 	}
 }
 
@@ -136,7 +146,7 @@ func (f *FS) describe(rel string) string {
 // error messages. work receives a context that is cancelled once run returns,
 // so an abandoned operation stops before its next system call.
 func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.Context) (T, error)) (T, error) {
-	return runOp(ctx, f, what, nil, nil, work)
+	return runOp(ctx, f, what, nil, nil, nil, work)
 }
 
 // progress is what a long operation (RemoveAll) reports while it works: the
@@ -144,11 +154,15 @@ func run[T any](ctx context.Context, f *FS, what string, work func(ctx context.C
 // only ctx bounds.
 type progress struct {
 	start time.Time    // set by runOp when the work starts
+	brk   *breaker     // set by runOp: each step is an answer of the export
 	last  atomic.Int64 // the time of the last step, in nanoseconds since start
 	done  atomic.Int64 // entries removed
 }
 
-func (p *progress) step() { p.last.Store(int64(time.Since(p.start))) }
+func (p *progress) step() {
+	p.last.Store(int64(time.Since(p.start)))
+	p.brk.alive()
+}
 
 // idle returns how long ago the last step (or the start) was.
 func (p *progress) idle() time.Duration {
@@ -171,18 +185,49 @@ func (p *progress) stopped(cause error) error {
 	return fmt.Errorf("stopped%s: %w", p.note(), cause)
 }
 
+// lateHooks are told about a call its caller stopped waiting for: abandoned
+// by the caller as it gives up, answered by the work once it returns (in
+// either order).
+type lateHooks[T any] struct {
+	abandoned func()
+	answered  func(T, error)
+}
+
 // runOp is run for operations that also hold a slot of limit (nil: none),
-// waited for within ctx only, and that report their steps to p (nil: the
+// waited for within ctx only (f.files: not waited for), that may want to
+// know what they did after their caller gave up (late, nil: no), and that
+// report their steps to p (nil: the
 // operation is one step).
-func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, p *progress, work func(ctx context.Context) (T, error)) (T, error) {
+func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, p *progress, late *lateHooks[T], work func(ctx context.Context) (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
-	if limit != nil {
+	start := time.Now()
+	var adm admission
+	if f.timeout > 0 {
+		var err error
+		if adm, err = f.brk.admit(start, f.timeout, f.root); err != nil {
+			return zero, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	switch {
+	case limit == nil:
+	case limit == f.files:
+		// The provisioner writes its files one call at a time, so a busy
+		// lane means an earlier call is still blocked: one landing after
+		// a later one could reorder the file.
+		select {
+		case limit <- struct{}{}:
+		default:
+			f.brk.unused(adm)
+			return zero, fmt.Errorf("%s: an earlier call on the provisioner's files is still blocked in the export %s; it may be hung or unreachable, check the NFS server and the mount: %w", what, f.root, ErrTimeout)
+		}
+	default:
 		select {
 		case limit <- struct{}{}:
 		case <-ctx.Done():
+			f.brk.unused(adm)
 			return zero, fmt.Errorf("%s: still waiting for one of the %d removals already running on the export %s to finish: %w",
 				what, cap(limit), f.root, context.Cause(ctx))
 		}
@@ -207,9 +252,12 @@ func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, 
 		case f.slots <- struct{}{}:
 		case <-ctx.Done():
 			release()
+			f.brk.unused(adm)
 			return zero, fmt.Errorf("%s: %w", what, context.Cause(ctx))
 		case <-expired:
 			release()
+			f.brk.unused(adm)
+			f.brk.trip(start)
 			return zero, fmt.Errorf("%s: %d earlier operations on the export %s are still blocked; the export may be hung or unreachable, check the NFS server and the mount: %w",
 				what, maxStuck, f.root, ErrTimeout)
 		}
@@ -221,24 +269,44 @@ func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, 
 	done := make(chan result, 1)
 	if p != nil {
 		p.start = time.Now()
+		p.brk = &f.brk
 	}
+	// state tells the work and its caller which of them finished first:
+	// the work (running → finished) or the caller, who gave up waiting
+	// (running → abandoned) and leaves the late answer to the work.
+	const (
+		running = iota
+		finished
+		abandoned
+	)
+	var state atomic.Int32
 	go func() {
-		defer release()
-		if f.slots != nil {
-			defer func() { <-f.slots }()
-		}
 		if f.beforeOp != nil {
 			f.beforeOp()
 		}
 		v, err := work(wctx)
+		// Whatever the work returns, the export answered.
+		gone := !state.CompareAndSwap(running, finished)
+		f.brk.answered(adm, gone)
+		if gone && late != nil {
+			late.answered(v, err)
+		}
+		// Free the slots before the caller hears back, so that its next
+		// call finds them free.
+		if f.slots != nil {
+			<-f.slots
+		}
+		release()
 		done <- result{v, err}
 	}()
 
 	var res result
+	answered := false
 wait:
 	for {
 		select {
 		case res = <-done:
+			answered = true
 			break wait
 		case <-ctx.Done():
 			res.err = p.stopped(context.Cause(ctx))
@@ -252,13 +320,21 @@ wait:
 			}
 			res.err = fmt.Errorf("no answer within %s%s; the export %s may be hung or unreachable, check the NFS server and the mount: %w",
 				f.timeout, p.note(), f.root, ErrTimeout)
+			f.brk.trip(start)
 			break wait
 		}
 	}
-	// The work may have finished just as time ran out: prefer its result.
-	select {
-	case res = <-done:
-	default:
+	if !answered {
+		if state.CompareAndSwap(running, abandoned) {
+			f.brk.abandoned()
+			if late != nil {
+				late.abandoned()
+			}
+		} else {
+			// The work finished just as the wait ended: prefer its
+			// result.
+			res = <-done
+		}
 	}
 	if res.err != nil {
 		return res.v, fmt.Errorf("%s: %w", what, res.err)

@@ -29,7 +29,7 @@ func (f *FS) ReadFile(ctx context.Context, rel string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.describe(rel), err)
 	}
-	return run(ctx, f, "read "+f.abs(rel), func(ctx context.Context) ([]byte, error) {
+	return runOp(ctx, f, "read "+f.abs(rel), f.files, nil, nil, func(ctx context.Context) ([]byte, error) {
 		fd, err := f.openOwnFile(dir, name, unix.O_RDONLY, false)
 		if err != nil {
 			return nil, err
@@ -76,7 +76,7 @@ func (f *FS) AppendFile(ctx context.Context, rel string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("append to %s: %w", f.describe(rel), err)
 	}
-	_, err = run(ctx, f, "append to "+f.abs(rel), func(ctx context.Context) (struct{}, error) {
+	_, err = runOp(ctx, f, "append to "+f.abs(rel), f.files, nil, nil, func(ctx context.Context) (struct{}, error) {
 		fd, err := f.openOwnFile(dir, name, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, true)
 		if err != nil {
 			return struct{}{}, err
@@ -94,7 +94,7 @@ func (f *FS) ReplaceFile(ctx context.Context, rel string, data []byte) error {
 	if err != nil {
 		return fmt.Errorf("replace %s: %w", f.describe(rel), err)
 	}
-	_, err = run(ctx, f, "replace "+f.abs(rel), func(ctx context.Context) (struct{}, error) {
+	_, err = runOp(ctx, f, "replace "+f.abs(rel), f.files, nil, nil, func(ctx context.Context) (struct{}, error) {
 		var rnd [8]byte
 		_, _ = rand.Read(rnd[:]) // never fails on Linux
 		tmp := name + ".tmp-" + hex.EncodeToString(rnd[:])

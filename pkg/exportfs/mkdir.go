@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"math"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,8 @@ type Existing struct {
 type Made struct {
 	// Created reports whether MkdirAll created the leaf, also when a later
 	// step failed. After a timeout Made is empty, though the abandoned work
-	// may still have created directories.
+	// may still have created directories: the next MkdirAll of the same
+	// path in this process reports them as its own.
 	Created bool
 	// Parents lists the parent directories MkdirAll created, outermost
 	// first, also when a later step failed.
@@ -63,11 +65,85 @@ func (f *FS) MkdirAll(ctx context.Context, rel string, opts DirOptions, existing
 	if err != nil {
 		return Made{}, fmt.Errorf("%s: %w", what, err)
 	}
-	return run(ctx, f, what, func(ctx context.Context) (Made, error) {
+	key := strings.Join(parts, "/")
+	if f.mkdirs.blocked(key) {
+		return Made{}, fmt.Errorf("%s: an earlier attempt to create it is still blocked in the export; it may be hung or unreachable, check the NFS server and the mount: %w", what, ErrTimeout)
+	}
+	// Past a timeout the caller no longer hears what the call made: keep it
+	// for the next attempt on the same path.
+	late := lateHooks[Made]{
+		abandoned: func() { f.mkdirs.abandoned(key) },
+		answered:  func(made Made, _ error) { f.mkdirs.answered(key, made) },
+	}
+	return runOp(ctx, f, what, nil, nil, &late, func(ctx context.Context) (Made, error) {
 		var made Made
 		err := f.mkdirAll(ctx, parts, mode, uid, gid, existing, &made)
 		return made, err
 	})
+}
+
+// maxLate bounds how many abandoned creations FS remembers.
+const maxLate = 1024
+
+// creations tracks the MkdirAll calls abandoned by their caller (timed out
+// or cancelled) and what they created once they returned, so that the next
+// attempt on the same path waits for them and then knows the directory as
+// its own instead of as someone else's.
+type creations struct {
+	mu      sync.Mutex
+	running map[string]int // abandoned calls still blocked, by path
+	late    map[string]Made
+}
+
+// blocked tells whether an abandoned MkdirAll of rel is still blocked.
+func (c *creations) blocked(rel string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.running[rel] > 0
+}
+
+func (c *creations) abandoned(rel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.add(rel, 1)
+}
+
+// add changes the count of rel; it may dip below zero for a moment, when a
+// late answer comes before the caller has recorded the abandon.
+func (c *creations) add(rel string, n int) {
+	if c.running == nil {
+		c.running = map[string]int{}
+	}
+	if c.running[rel] += n; c.running[rel] == 0 {
+		delete(c.running, rel)
+	}
+}
+
+// answered records what an abandoned MkdirAll of rel made.
+func (c *creations) answered(rel string, made Made) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.add(rel, -1)
+	if (!made.Created && len(made.Parents) == 0) || len(c.late) >= maxLate {
+		return
+	}
+	if c.late == nil {
+		c.late = map[string]Made{}
+	}
+	c.late[rel] = made
+}
+
+// take returns, and forgets, what an abandoned MkdirAll of rel made, if its
+// leaf had inode number ino.
+func (c *creations) take(rel string, ino uint64) (Made, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	made, ok := c.late[rel]
+	if !ok || !made.Created || made.Ino != ino {
+		return Made{}, false
+	}
+	delete(c.late, rel)
+	return made, true
 }
 
 // ownerID returns *id, or -1 (leave unchanged) for nil.
@@ -110,6 +186,9 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 			switch {
 			case merr == nil && leaf:
 				made.Created = true
+				if f.afterCreate != nil {
+					f.afterCreate()
+				}
 			case merr == nil:
 				made.Parents = append(made.Parents, rel)
 			case errors.Is(merr, unix.EEXIST):
@@ -138,6 +217,12 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 		return fmt.Errorf("stat %s: %w", leaf, err)
 	}
 	made.Ino = st.Ino
+	if !made.Created {
+		if late, ok := f.mkdirs.take(strings.Join(parts, "/"), st.Ino); ok {
+			made.Created = true
+			made.Parents = append(late.Parents, made.Parents...)
+		}
+	}
 	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) {
 		return fmt.Errorf("%s already exists and is not the directory made for this volume; its mode, owner and contents were left alone: %w", leaf, fs.ErrExist)
 	}

@@ -72,7 +72,7 @@ func (f *FS) RemoveAll(ctx context.Context, rel string) error {
 		return fmt.Errorf("remove %s: %w", f.describe(rel), err)
 	}
 	p := new(progress)
-	_, err = runOp(ctx, f, "remove "+f.abs(rel), f.removals, p, func(ctx context.Context) (struct{}, error) {
+	_, err = runOp(ctx, f, "remove "+f.abs(rel), f.removals, p, nil, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, f.removeAll(ctx, parts, p)
 	})
 	return err
