@@ -239,17 +239,9 @@ func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName string,
 	}
 	made, err := p.cfg.Export.MkdirAll(ctx, rel, exportfs.DirOptions{Mode: cls.Mode, UID: cls.UID, GID: cls.GID}, pl.existing)
 	if err != nil {
+		p.undoMade(ctx, led, intent, pl.intent, made, err)
 		release()
 		refused := errors.Is(err, fs.ErrExist) || errors.Is(err, exportfs.ErrSymlink) || errors.Is(err, exportfs.ErrNotDirectory) || errors.Is(err, exportfs.ErrInvalidPath)
-		if refused && pl.intent && !made.Created {
-			// Nothing was made: forget the intent, or a later claim of
-			// this PV would find the directory ambiguous.
-			drop := intent
-			drop.Drop = true
-			if lerr := led.Append(ctx, drop); lerr != nil {
-				klog.FromContext(ctx).Info("Could not drop a record from the directory ledger", "directory", rel, "PV", pvName, "err", lerr.Error())
-			}
-		}
 		switch {
 		case errors.Is(err, fs.ErrExist):
 			return existingRefusal(rel, pvName, pl, err)
@@ -271,6 +263,49 @@ func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName string,
 		return fmt.Errorf("recording directory %q in the ledger: %w", rel, err)
 	}
 	return nil
+}
+
+// undoMade removes what a failed MkdirAll made for the volume record vol:
+// the leaf (empty, and still 0700 or refused its owner) and the parents it
+// created, so a claim that never binds leaves nothing on the export. What
+// can't be removed is recorded, so the retry adopts it and the volume's
+// delete removes it. intent says whether vol was recorded as an intent; it
+// is dropped once nothing of it is left, unless the call was abandoned
+// (mkErr a timeout or cancellation): that call may still create the
+// directory, which exportfs then reports to the retry as its own.
+func (p *Provisioner) undoMade(ctx context.Context, led *ledger.Ledger, vol ledger.Record, intent bool, made exportfs.Made, mkErr error) {
+	logger := klog.FromContext(ctx).WithValues("PV", vol.PV, "directory", vol.Dir)
+	var keep []ledger.Record
+	leafGone := !made.Created
+	if made.Created {
+		if err := p.cfg.Export.Rmdir(ctx, vol.Dir); err == nil || errors.Is(err, fs.ErrNotExist) {
+			leafGone = true
+		} else {
+			logger.Info("Could not remove the directory a failed provisioning attempt created; the retry takes it over", "err", err.Error())
+			rec := vol
+			rec.Ino = made.Ino
+			keep = append(keep, rec)
+		}
+	}
+	for i := len(made.Parents) - 1; i >= 0; i-- {
+		dir := made.Parents[i]
+		if !leafGone || p.cfg.Export.Rmdir(ctx, dir) != nil {
+			// Kept, and removed with the last volume below it.
+			for _, d := range made.Parents[:i+1] {
+				keep = append(keep, ledger.Record{Kind: ledger.Parent, Dir: d})
+			}
+			break
+		}
+	}
+	abandoned := errors.Is(mkErr, exportfs.ErrTimeout) || errors.Is(mkErr, context.Canceled) || errors.Is(mkErr, context.DeadlineExceeded)
+	if leafGone && intent && !abandoned {
+		drop := vol
+		drop.Drop = true
+		keep = append(keep, drop)
+	}
+	if err := led.Append(ctx, keep...); err != nil {
+		logger.Info("Could not record in the directory ledger what a failed provisioning attempt left", "records", len(keep), "err", err.Error())
+	}
 }
 
 func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error {

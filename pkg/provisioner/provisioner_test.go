@@ -2,9 +2,12 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -416,4 +419,67 @@ func TestProvisionUnwritableExport(t *testing.T) {
 	e.p.cfg.Export = exportfs.New(e.root, time.Second)
 	_, err = e.provision(t, class("nfs", nil), claim("ns", "c", "u"))
 	require.NoError(t, err)
+}
+
+// failingMkdir creates what MkdirAll creates, then fails as a chown refused
+// by root_squash does; Rmdir of keep fails too.
+type failingMkdir struct {
+	Export
+	keep string
+}
+
+func (f *failingMkdir) MkdirAll(ctx context.Context, rel string, opts exportfs.DirOptions, existing exportfs.Existing) (exportfs.Made, error) {
+	made, err := f.Export.MkdirAll(ctx, rel, opts, existing)
+	if err != nil {
+		return made, err
+	}
+	return made, fmt.Errorf("chown %q: %w", rel, fs.ErrPermission)
+}
+
+func (f *failingMkdir) Rmdir(ctx context.Context, rel string) error {
+	if rel == f.keep {
+		return fmt.Errorf("rmdir %q: %w", rel, syscall.EBUSY)
+	}
+	return f.Export.Rmdir(ctx, rel)
+}
+
+func TestFailedProvisioningLeavesNothing(t *testing.T) {
+	t.Parallel()
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.labels.app}/${.PVC.namespace}/${.PVC.name}"})
+	pvc := claim("ns", "data", "u1")
+	pvc.Labels = map[string]string{"app": "web"}
+	records := func(e *env) int {
+		led, err := ledger.Open(context.Background(), e.p.cfg.Export)
+		require.NoError(t, err)
+		return len(led.At("web")) + len(led.At("web/ns")) + len(led.At("web/ns/data"))
+	}
+
+	e := newEnv(t, testPath)
+	real := e.p.cfg.Export
+	e.p.cfg.Export = &failingMkdir{Export: real}
+	_, err := e.provision(t, sc, pvc)
+	require.ErrorIs(t, err, fs.ErrPermission)
+	assert.NoDirExists(t, filepath.Join(e.root, "web"), "the leaf and the parents it made are removed")
+	assert.Zero(t, records(e), "nothing left to record")
+	e.p.cfg.Export = real
+	_, err = e.provision(t, sc, pvc)
+	require.NoError(t, err)
+
+	// What can't be removed is recorded as the claim's: the retry adopts it
+	// (the pattern isn't namespace-scoped, so nothing else would let it)
+	// rather than refusing it as someone else's, and keeps the parents it
+	// made removable.
+	e = newEnv(t, testPath)
+	real = e.p.cfg.Export
+	e.p.cfg.Export = &failingMkdir{Export: real, keep: "web/ns/data"}
+	_, err = e.provision(t, sc, pvc)
+	require.ErrorIs(t, err, fs.ErrPermission)
+	assert.DirExists(t, filepath.Join(e.root, "web/ns/data"))
+	e.restart()
+	e.p.cfg.Export = real
+	pv, err := e.provision(t, sc, pvc)
+	require.NoError(t, err, "the retry adopts the directory its first attempt made")
+	pv.Annotations[AnnOnDelete] = "delete"
+	require.NoError(t, e.p.Delete(context.Background(), pv))
+	assert.NoDirExists(t, filepath.Join(e.root, "web"), "parents made by the first attempt go with the volume")
 }

@@ -351,9 +351,6 @@ func TestFaultRootSquash(t *testing.T) {
 // root_squash) removes the directory again, so a claim that never binds
 // leaves nothing on the export.
 func TestFaultRefusedClaimLeavesNoDirectory(t *testing.T) {
-	t.Skip("known bug: Provisioner.provision discards MkdirAll's created result, so the directory " +
-		"a failed attempt created (0700, owned by the squashed uid) stays on the export for good, " +
-		"also after the claim is deleted")
 	var exportDir string
 	e := newFaultEnv(t, func(ffs *faultfs.FS) {
 		require.NoError(t, os.Chmod(ffs.Backing, 0o777))
@@ -365,6 +362,7 @@ func TestFaultRefusedClaimLeavesNoDirectory(t *testing.T) {
 	e.class("owned", map[string]string{"onDelete": "delete", "uid": "1000", "gid": "2000"})
 	e.claim(ns, "owned", "owned")
 	e.waitEvent(ns, "owned", "ProvisioningFailed", "root_squash", 60*time.Second)
+	assert.Empty(t, tree(t, exportDir), "the refused claim's directory is still on the export while it is Pending")
 	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "owned", metav1.DeleteOptions{}))
 	assert.Empty(t, tree(t, exportDir), "the refused claim's directory is still on the export")
 }
