@@ -32,10 +32,11 @@ const (
 	Failed = "error"
 )
 
-// ExportUsage reports the export's free space, for the usage gauges;
-// exportfs.FS implements it.
+// ExportUsage reports the export's free space and whether it answers, for
+// the export gauges; exportfs.FS implements it.
 type ExportUsage interface {
 	Usage(ctx context.Context) (exportfs.Usage, error)
+	Hung() (since time.Time, blocked int)
 }
 
 // Metrics holds the collectors and the registry that serves them.
@@ -116,7 +117,7 @@ func (m *Metrics) SetWaitingForIncumbent(waiting bool) {
 
 // RegisterExportUsage adds gauges of the export's free and total bytes and
 // inodes, read at scrape time within timeout so a hung export can't hang a
-// scrape.
+// scrape, and of how long it has been hung.
 func (m *Metrics) RegisterExportUsage(export ExportUsage, timeout time.Duration, logger klog.Logger) {
 	m.Registry.MustRegister(&usageCollector{export: export, timeout: timeout, logger: logger})
 }
@@ -132,6 +133,10 @@ var (
 		"Total inodes of the export's filesystem.", nil, nil)
 	descUsageUp = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "usage_up"),
 		"1 if the export's usage could be read at the last scrape, 0 if it failed or timed out.", nil, nil)
+	descHung = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "hung_seconds"),
+		"Seconds since a call on the export timed out with no call answering since; 0 while the export answers.", nil, nil)
+	descBlocked = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "blocked_calls"),
+		"Filesystem calls given up after a timeout that are still blocked in the export, each holding an OS thread.", nil, nil)
 )
 
 type usageCollector struct {
@@ -141,12 +146,19 @@ type usageCollector struct {
 }
 
 func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFreeBytes, descTotalBytes, descFreeInodes, descTotalInodes, descUsageUp} {
+	for _, d := range []*prometheus.Desc{descFreeBytes, descTotalBytes, descFreeInodes, descTotalInodes, descUsageUp, descHung, descBlocked} {
 		ch <- d
 	}
 }
 
 func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+	since, blocked := c.export.Hung()
+	hung := 0.0
+	if !since.IsZero() {
+		hung = time.Since(since).Seconds()
+	}
+	ch <- prometheus.MustNewConstMetric(descHung, prometheus.GaugeValue, hung)
+	ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, float64(blocked))
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	u, err := c.export.Usage(ctx)

@@ -16,11 +16,14 @@ import (
 )
 
 type fakeUsage struct {
-	u   exportfs.Usage
-	err error
+	u       exportfs.Usage
+	err     error
+	since   time.Time
+	blocked int
 }
 
 func (f fakeUsage) Usage(context.Context) (exportfs.Usage, error) { return f.u, f.err }
+func (f fakeUsage) Hung() (time.Time, int)                         { return f.since, f.blocked }
 
 func TestExposition(t *testing.T) {
 	t.Parallel()
@@ -37,9 +40,15 @@ func TestExposition(t *testing.T) {
 	assert.Empty(t, problems, "promlint")
 
 	want := `
+# HELP nfs_provisioner_export_blocked_calls Filesystem calls given up after a timeout that are still blocked in the export, each holding an OS thread.
+# TYPE nfs_provisioner_export_blocked_calls gauge
+nfs_provisioner_export_blocked_calls 0
 # HELP nfs_provisioner_export_free_bytes Bytes available to the provisioner on the export.
 # TYPE nfs_provisioner_export_free_bytes gauge
 nfs_provisioner_export_free_bytes 1024
+# HELP nfs_provisioner_export_hung_seconds Seconds since a call on the export timed out with no call answering since; 0 while the export answers.
+# TYPE nfs_provisioner_export_hung_seconds gauge
+nfs_provisioner_export_hung_seconds 0
 # HELP nfs_provisioner_export_free_inodes Inodes available on the export.
 # TYPE nfs_provisioner_export_free_inodes gauge
 nfs_provisioner_export_free_inodes 10
@@ -68,7 +77,8 @@ nfs_provisioner_operations_total{operation="provision",outcome="success"} 1
 nfs_provisioner_waiting_for_incumbent 1
 `
 	require.NoError(t, testutil.GatherAndCompare(m.Registry, strings.NewReader(want),
-		"nfs_provisioner_export_free_bytes", "nfs_provisioner_export_free_inodes", "nfs_provisioner_export_inodes",
+		"nfs_provisioner_export_blocked_calls", "nfs_provisioner_export_free_bytes", "nfs_provisioner_export_hung_seconds",
+		"nfs_provisioner_export_free_inodes", "nfs_provisioner_export_inodes",
 		"nfs_provisioner_export_size_bytes", "nfs_provisioner_export_usage_up", "nfs_provisioner_leader",
 		"nfs_provisioner_operations_total", "nfs_provisioner_waiting_for_incumbent"))
 	assert.Equal(t, 2, testutil.CollectAndCount(m.duration))
@@ -78,11 +88,23 @@ func TestUsageFailureIsReported(t *testing.T) {
 	t.Parallel()
 	logger, _ := ktesting.NewTestContext(t)
 	m := New()
-	m.RegisterExportUsage(fakeUsage{err: errors.New("export hung")}, time.Second, logger)
+	m.RegisterExportUsage(fakeUsage{err: errors.New("export hung"), since: time.Now().Add(-time.Minute), blocked: 3}, time.Second, logger)
 	want := `
+# HELP nfs_provisioner_export_blocked_calls Filesystem calls given up after a timeout that are still blocked in the export, each holding an OS thread.
+# TYPE nfs_provisioner_export_blocked_calls gauge
+nfs_provisioner_export_blocked_calls 3
 # HELP nfs_provisioner_export_usage_up 1 if the export's usage could be read at the last scrape, 0 if it failed or timed out.
 # TYPE nfs_provisioner_export_usage_up gauge
 nfs_provisioner_export_usage_up 0
 `
-	require.NoError(t, testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "nfs_provisioner_export_usage_up", "nfs_provisioner_export_free_bytes"))
+	require.NoError(t, testutil.GatherAndCompare(m.Registry, strings.NewReader(want), "nfs_provisioner_export_usage_up", "nfs_provisioner_export_free_bytes", "nfs_provisioner_export_blocked_calls"))
+	mfs, err := m.Registry.Gather()
+	require.NoError(t, err)
+	var hung float64
+	for _, mf := range mfs {
+		if mf.GetName() == "nfs_provisioner_export_hung_seconds" {
+			hung = mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	assert.InDelta(t, 60, hung, 5, "seconds since the export stopped answering")
 }
