@@ -23,7 +23,7 @@ type fakeUsage struct {
 }
 
 func (f fakeUsage) Usage(context.Context) (exportfs.Usage, error) { return f.u, f.err }
-func (f fakeUsage) Hung() (time.Time, int)                         { return f.since, f.blocked }
+func (f fakeUsage) Hung() (time.Time, int)                        { return f.since, f.blocked }
 
 func TestExposition(t *testing.T) {
 	t.Parallel()
