@@ -300,3 +300,32 @@ func TestMakeHelpListsEveryTarget(t *testing.T) {
 		assert.True(t, listed[m[1]], "make help does not list %q", m[1])
 	}
 }
+
+// TestDocsDevelopmentTable: every package folder is in README.md's map of
+// the code, and every folder the map names exists.
+func TestDocsDevelopmentTable(t *testing.T) {
+	t.Parallel()
+	documented := map[string]bool{}
+	for _, row := range tableRows(section(t, readDoc(t, "README.md"), "## Development")) {
+		for _, s := range spans(row[0]) {
+			documented[strings.TrimSuffix(s, "/")] = true
+		}
+	}
+	var folders []string
+	for _, parent := range []string{"cmd", "pkg", "test"} {
+		entries, err := os.ReadDir(filepath.Join("..", "..", parent))
+		require.NoError(t, err)
+		for _, en := range entries {
+			if en.IsDir() {
+				folders = append(folders, parent+"/"+en.Name())
+			}
+		}
+	}
+	for _, f := range folders {
+		assert.True(t, documented[f], "%s is missing from README.md's Development table", f)
+	}
+	for d := range documented {
+		_, err := os.Stat(filepath.Join("..", "..", d))
+		assert.NoError(t, err, "README.md's Development table names %s", d)
+	}
+}
