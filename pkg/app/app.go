@@ -224,7 +224,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 	factory, claims, volumes := newInformers(client, newCacheFilter(o))
 	classes := factory.Storage().V1().StorageClasses()
 	nodes := factory.Core().V1().Nodes()
-	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSServer, o.NFSPath)); err != nil {
+	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSPath)); err != nil {
 		return nil, fmt.Errorf("indexing PersistentVolumes: %w", err)
 	}
 
@@ -288,8 +288,9 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 const defaultGCPercent = 50
 
 // readyTimeout bounds /readyz and usage reads; kubelet's probes time out in
-// seconds, not in --fs-timeout.
-const readyTimeout = 5 * time.Second
+// seconds, not in --fs-timeout. Below the chart's 5 s probe timeout, so a
+// hung export fails the probe with a 503 saying why rather than a timeout.
+const readyTimeout = 4 * time.Second
 
 func restConfig(o config.Options) (*rest.Config, error) {
 	var cfg *rest.Config

@@ -41,7 +41,7 @@ type cacheFilter struct {
 }
 
 func newCacheFilter(o config.Options) *cacheFilter {
-	return &cacheFilter{volumes: provisioner.NewCompactor(o.ProvisionerName, o.NFSServer, o.NFSPath)}
+	return &cacheFilter{volumes: provisioner.NewCompactor(o.ProvisionerName, o.NFSPath)}
 }
 
 // keepClaim: only claims that may still need provisioning.

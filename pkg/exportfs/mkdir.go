@@ -296,6 +296,8 @@ func (f *FS) Rmdir(ctx context.Context, rel string) error {
 func (f *FS) changeErr(verb, rel string, err error) error {
 	abs := f.abs(rel)
 	switch {
+	case (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM)) && verb == "open":
+		return fmt.Errorf("%s %s: permission denied; check its owner and mode and whether the export squashes root (then the provisioner can't enter a directory only its owner may read): %w", verb, abs, err)
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		return fmt.Errorf("%s %s: permission denied; check the owner and mode of its parent directory and whether the export squashes root: %w", verb, abs, err)
 	case errors.Is(err, unix.EROFS):

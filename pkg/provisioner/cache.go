@@ -41,8 +41,8 @@ type annotationKey struct{ provisionedBy, migratedTo, onDelete string }
 const maxShared = 1024
 
 // NewCompactor returns a Compactor for the PVs of one provisioner and export.
-// Like Indexers, it ignores the server (the parameter stays for callers).
-func NewCompactor(provisionerName, _, exportPath string) *Compactor {
+// Like Indexers, it doesn't look at the server.
+func NewCompactor(provisionerName, exportPath string) *Compactor {
 	return &Compactor{
 		provisionerName: provisionerName, exportPath: exportPath,
 		strings: map[string]string{}, maps: map[annotationKey]map[string]string{},

@@ -34,13 +34,12 @@ const (
 // PVs and the incumbent's included) and whatever server it names: an IP
 // address, another name or another case of NFS_SERVER reach the same
 // directories, and counting a PV of another server only refuses a directory
-// that might have been free. So the server is not read (the parameter stays
-// for the callers).
+// that might have been free. So the server is not an input.
 //
 // The keys are substrings of spec.nfs.path and cost no string of their own;
 // per PV, the index holds one set entry per segment of its directory, which
 // MaxDepth bounds for the PVs claims make.
-func Indexers(_, exportPath string) cache.Indexers {
+func Indexers(exportPath string) cache.Indexers {
 	return cache.Indexers{
 		dirIndex: func(obj any) ([]string, error) {
 			pv, ok := obj.(*v1.PersistentVolume)

@@ -46,7 +46,7 @@ type env struct {
 func newEnv(t *testing.T, exportPath string) *env {
 	t.Helper()
 	root := t.TempDir()
-	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(testServer, exportPath))
+	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(exportPath))
 	classes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	m := metrics.New()
 	p := New(Config{
