@@ -301,12 +301,18 @@ func TestMakeHelpListsEveryTarget(t *testing.T) {
 	}
 }
 
-// TestDocsDevelopmentTable: every package folder is in README.md's map of
-// the code, and every folder the map names exists.
-func TestDocsDevelopmentTable(t *testing.T) {
+// TestDocsFolderTables: every package folder is in the maps of the code of
+// README.md and docs/design.md, and every folder they name exists.
+func TestDocsFolderTables(t *testing.T) {
 	t.Parallel()
+	for doc, heading := range map[string]string{"README.md": "## Development", "docs/design.md": "## Layout"} {
+		t.Run(doc, func(t *testing.T) { checkFolderTable(t, doc, heading) })
+	}
+}
+
+func checkFolderTable(t *testing.T, doc, heading string) {
 	documented := map[string]bool{}
-	for _, row := range tableRows(section(t, readDoc(t, "README.md"), "## Development")) {
+	for _, row := range tableRows(section(t, readDoc(t, doc), heading)) {
 		for _, s := range spans(row[0]) {
 			documented[strings.TrimSuffix(s, "/")] = true
 		}
@@ -322,10 +328,10 @@ func TestDocsDevelopmentTable(t *testing.T) {
 		}
 	}
 	for _, f := range folders {
-		assert.True(t, documented[f], "%s is missing from README.md's Development table", f)
+		assert.True(t, documented[f], "%s is missing from %s's %s table", f, doc, heading)
 	}
 	for d := range documented {
 		_, err := os.Stat(filepath.Join("..", "..", d))
-		assert.NoError(t, err, "README.md's Development table names %s", d)
+		assert.NoError(t, err, "%s's %s table names %s", doc, heading, d)
 	}
 }

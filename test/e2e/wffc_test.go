@@ -31,7 +31,11 @@ func TestWaitForFirstConsumer(t *testing.T) {
 
 	// Nothing happens without a consumer. The PV controller reports why.
 	e.waitEvent(ns, "data", "WaitForFirstConsumer", "", 15*time.Second)
-	time.Sleep(3 * time.Second)
+	// A claim of an Immediate class made afterwards binds: the provisioner
+	// has seen both claims and left the first alone, no fixed wait needed.
+	e.class("immediate", nil)
+	e.claim(ns, "barrier", "immediate")
+	_, barrier := e.waitBound(ns, "barrier", 60*time.Second)
 	pvc, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, "data", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, v1.ClaimPending, pvc.Status.Phase)
@@ -39,8 +43,9 @@ func TestWaitForFirstConsumer(t *testing.T) {
 	assert.NotContains(t, pvc.Annotations, "volume.kubernetes.io/selected-node")
 	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
-	assert.Empty(t, pvs.Items, "no PV before a consumer is scheduled")
-	assert.Empty(t, e.exportEntries(), "no directory before a consumer is scheduled")
+	require.Len(t, pvs.Items, 1, "no PV before a consumer is scheduled")
+	assert.Equal(t, barrier.Name, pvs.Items[0].Name, "no PV before a consumer is scheduled")
+	assert.Equal(t, []string{ns + "-barrier-" + barrier.Name}, e.exportEntries(), "no directory before a consumer is scheduled")
 	for _, ev := range e.events(ns, "data") {
 		assert.NotEqual(t, "Provisioning", ev.Reason, "provisioning started without a consumer: %s", ev.Message)
 	}
