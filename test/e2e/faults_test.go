@@ -7,7 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -324,15 +327,7 @@ func TestFaultRootSquash(t *testing.T) {
 	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	assert.Empty(t, pvs.Items)
-	// The directory the failed attempt leaves behind: record what it is,
-	// and that no one but the squashed user can use it.
-	for p, en := range tree(t, exportDir) {
-		t.Logf("left after the refused claim: %s %v uid %d gid %d", p, en.mode, en.uid, en.gid)
-		if strings.HasPrefix(p, ns+"-owned-") {
-			assert.Zero(t, en.mode.Perm()&0o077, "%s is open to others: %v", p, en.mode)
-			assert.NotEqual(t, uint32(1000), en.uid, "the chown can't have happened")
-		}
-	}
+	assert.Empty(t, tree(t, exportDir), "the refused attempt left something on the export")
 
 	e.claim(ns, "plain", "plain")
 	_, pv := e.waitBound(ns, "plain", 60*time.Second)
@@ -344,6 +339,25 @@ func TestFaultRootSquash(t *testing.T) {
 	assert.Equal(t, uint32(0o777), st.Mode&0o7777)
 	t.Logf("directory of the plain class: %04o uid %d gid %d", st.Mode&0o7777, st.Uid, st.Gid)
 	e.assertReachable(pv, dir)
+
+	// A tenant (uid 1000) keeps a private 0700 directory in its volume:
+	// the squashed provisioner can't read it, so the delete can't finish,
+	// and says why instead of looping on a bare EACCES.
+	private := filepath.Join(exportDir, dir, "private")
+	require.NoError(t, os.Mkdir(private, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(private, "data"), []byte("tenant data"), 0o600))
+	require.NoError(t, os.Chown(filepath.Join(private, "data"), 1000, 1000))
+	require.NoError(t, os.Chown(private, 1000, 1000))
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "plain", metav1.DeleteOptions{}))
+	ev = e.waitEvent("", pv.Name, "VolumeFailedDelete", "squashes root", 60*time.Second)
+	assert.Equal(t, "Warning", ev.Type)
+	assert.Contains(t, ev.Message, "permission denied")
+	t.Logf("Event on the PV: %s", ev.Message)
+	data, err := os.ReadFile(filepath.Join(private, "data"))
+	require.NoError(t, err)
+	assert.Equal(t, "tenant data", string(data))
+	_, err = e.client.CoreV1().PersistentVolumes().Get(e.ctx, pv.Name, metav1.GetOptions{})
+	require.NoError(t, err, "the PV stays, Released, until its directory can go")
 }
 
 // TestFaultRefusedClaimLeavesNoDirectory: a provision attempt that created
@@ -367,56 +381,253 @@ func TestFaultRefusedClaimLeavesNoDirectory(t *testing.T) {
 	assert.Empty(t, tree(t, exportDir), "the refused claim's directory is still on the export")
 }
 
-// TestFaultExportHung: while every call on the export hangs, /readyz fails
-// within its bound, claims get a Warning Event saying the export may be hung
-// and the process stays up; once the calls are released, /readyz recovers
-// and every claim made meanwhile binds, each to one directory.
+// hangSample is what the samplers saw while the export hung.
+type hangSample struct {
+	mu                           sync.Mutex
+	threads, goroutines, blocked int
+	// slowest answers of each endpoint; failures are counted.
+	slowest       map[string]time.Duration
+	failed        map[string]int
+	firstNotReady time.Duration
+}
+
+// sampleHung polls /healthz, /metrics and /readyz, each on its own, and
+// /proc every 500 ms until ctx ends, keeping the peaks.
+func sampleHung(ctx context.Context, p *framework.ProvisionerProcess, start time.Time) *hangSample {
+	s := &hangSample{slowest: map[string]time.Duration{}, failed: map[string]int{}}
+	every := func(f func()) {
+		for ctx.Err() == nil {
+			f()
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for _, path := range []string{"/healthz", "/metrics", "/readyz"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			every(func() {
+				t0 := time.Now()
+				code, body, err := p.Get(ctx, path)
+				d := time.Since(t0)
+				if ctx.Err() != nil {
+					return
+				}
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				s.slowest[path] = max(s.slowest[path], d)
+				switch {
+				case path == "/readyz" && code == 503:
+					if s.firstNotReady == 0 {
+						s.firstNotReady = time.Since(start)
+					}
+				case err != nil || code != 200:
+					s.failed[path]++
+				case path == "/metrics":
+					s.goroutines = max(s.goroutines, int(sample(body, "go_goroutines")))
+					s.blocked = max(s.blocked, int(sample(body, "nfs_provisioner_export_blocked_calls")))
+				}
+			})
+		}()
+	}
+	every(func() {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
+		if err != nil {
+			return
+		}
+		if m := regexp.MustCompile(`(?m)^Threads:\s+(\d+)$`).FindSubmatch(status); m != nil {
+			n, _ := strconv.Atoi(string(m[1]))
+			s.mu.Lock()
+			s.threads = max(s.threads, n)
+			s.mu.Unlock()
+		}
+	})
+	wg.Wait()
+	return s
+}
+
+// sample is the value of an unlabelled series in a /metrics body, -1 when
+// it is missing.
+func sample(body, series string) float64 {
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(body)
+	if m == nil {
+		return -1
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// TestFaultExportHung: every call on the export hangs for two minutes, with
+// the default --fs-timeout, while claims keep arriving and two volumes are
+// released. The process's threads and goroutines stay bounded, /readyz
+// fails within the probe's timeout while /healthz and /metrics keep
+// answering, and the Lease is kept. Once the calls are released every claim
+// binds to a directory of its own, both releases are applied, and the
+// export holds nothing else.
 func TestFaultExportHung(t *testing.T) {
-	const fsTimeout = 2 * time.Second
-	e := newFaultEnv(t, nil, "--fs-timeout="+fsTimeout.String())
+	const (
+		hangFor = 2 * time.Minute
+		// The chart's probes time out after 5 s.
+		probeTimeout = 5 * time.Second
+		// Calls given up after --fs-timeout keep their slot until they
+		// return: at most 64 (exportfs's slots), each on an OS thread.
+		maxBlocked = 64
+		// The Go runtime's own threads, the HTTP servers and client-go
+		// beyond the blocked calls.
+		runtimeThreads = 40
+		// 64 workers and the library's, informer, HTTP and election
+		// goroutines; measured about 150 (see the log).
+		maxGoroutines = 400
+	)
+	e := newFaultEnv(t, nil)
 	const ns = "team-a"
 	e.namespace(ns)
 	e.class("nfs", map[string]string{"onDelete": "delete"})
-	e.claim(ns, "before", "nfs")
-	_, pvBefore := e.waitBound(ns, "before", 30*time.Second)
+	dirOf := func(claim string, pv *v1.PersistentVolume) string { return ns + "-" + claim + "-" + pv.Name }
+	released := map[string]string{}
+	dirs := map[string]bool{}
+	for _, c := range []string{"stay", "release-1", "release-2"} {
+		e.claim(ns, c, "nfs")
+		_, pv := e.waitBound(ns, c, 30*time.Second)
+		if strings.HasPrefix(c, "release-") {
+			fill(t, filepath.Join(e.exportDir, dirOf(c, pv)))
+			released[c] = pv.Name
+		} else {
+			dirs[dirOf(c, pv)] = true
+		}
+	}
 	e.waitReadyz(e.p, 200)
+	lease, err := e.client.CoordinationV1().Leases(namespace).Get(e.ctx, electionLeaseName, metav1.GetOptions{})
+	require.NoError(t, err)
+	holder := ptrValue(lease.Spec.HolderIdentity)
+	require.NotEmpty(t, holder)
 
 	hung := e.ffs.Hang(faultfs.Match{})
 	start := time.Now()
-	e.waitReadyz(e.p, 503)
-	t.Logf("/readyz failed %v after the export hung", time.Since(start).Round(time.Millisecond))
+	sampling, stopSampling := context.WithCancel(e.ctx)
+	sampled := make(chan *hangSample, 1)
+	go func() { sampled <- sampleHung(sampling, e.p, start) }()
+
+	// A claim every 10 s; the two releases 20 s and 60 s in.
+	var claims []string
+	for i := 0; time.Since(start) < hangFor; i++ {
+		if i < 12 {
+			c := fmt.Sprintf("during-%d", i+1)
+			e.claim(ns, c, "nfs")
+			claims = append(claims, c)
+		}
+		switch i {
+		case 2:
+			require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "release-1", metav1.DeleteOptions{}))
+		case 6:
+			require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "release-2", metav1.DeleteOptions{}))
+		}
+		time.Sleep(min(10*time.Second, time.Until(start.Add(hangFor))))
+	}
+	stopSampling()
+	s := <-sampled
+	t.Logf("during the %v hang: peak %d OS threads, %d goroutines, %d calls blocked (faultfs saw %d blocked, %d calls); "+
+		"/readyz failed after %v, slowest answers: /healthz %v, /metrics %v, /readyz %v",
+		hangFor, s.threads, s.goroutines, s.blocked, hung.Blocked(), hung.Hits(),
+		s.firstNotReady.Round(time.Millisecond), s.slowest["/healthz"].Round(time.Millisecond),
+		s.slowest["/metrics"].Round(time.Millisecond), s.slowest["/readyz"].Round(time.Millisecond))
+
+	assert.False(t, e.p.Exited(), "the provisioner survives a hung export")
+	assert.Positive(t, hung.Blocked(), "the provisioner's calls are stuck in the export")
+	assert.LessOrEqual(t, s.blocked, maxBlocked, "calls blocked in the export")
+	assert.LessOrEqual(t, s.threads, maxBlocked+runtimeThreads, "OS threads")
+	assert.LessOrEqual(t, s.goroutines, maxGoroutines, "goroutines")
+	assert.Empty(t, s.failed, "requests that failed while the export hung (/readyz: other than 503)")
+	for path, d := range s.slowest {
+		assert.Less(t, d, probeTimeout, "%s answers within the probe's timeout", path)
+	}
+	assert.Positive(t, s.firstNotReady, "/readyz never failed")
+	assert.Less(t, s.firstNotReady, probeTimeout+2*time.Second, "/readyz fails within its check's timeout, age and the poll interval")
 	_, body, err := e.p.Get(e.ctx, "/readyz")
 	require.NoError(t, err)
 	assert.Contains(t, body, "hung or unreachable")
+	_, body, err = e.p.Get(e.ctx, "/metrics")
+	require.NoError(t, err)
+	assert.Greater(t, sample(body, "nfs_provisioner_export_hung_seconds"), 60.0, "hung_seconds")
+	ev := e.waitEvent(ns, claims[0], "ProvisioningFailed", "hung or unreachable", time.Second)
+	assert.Equal(t, "Warning", ev.Type)
+	t.Logf("Event on %s: %s", claims[0], ev.Message)
 
-	claims := []string{"during-1", "during-2", "during-3"}
-	for _, c := range claims {
-		e.claim(ns, c, "nfs")
-	}
-	for _, c := range claims {
-		ev := e.waitEvent(ns, c, "ProvisioningFailed", "hung or unreachable", 60*time.Second)
-		assert.Equal(t, "Warning", ev.Type)
-		t.Logf("Event on %s: %s", c, ev.Message)
-	}
-	require.Positive(t, hung.Blocked(), "the provisioner's calls are stuck in the export")
-	t.Logf("%d calls hung at once, %d in all", hung.Blocked(), hung.Hits())
-	assert.False(t, e.p.Exited(), "the provisioner survives a hung export")
+	lease, err = e.client.CoordinationV1().Leases(namespace).Get(e.ctx, electionLeaseName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, holder, ptrValue(lease.Spec.HolderIdentity), "the Lease changed hands while the export hung")
+	require.NotNil(t, lease.Spec.RenewTime)
+	assert.WithinDuration(t, time.Now(), lease.Spec.RenewTime.Time, 15*time.Second, "the Lease is still renewed")
 	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
-	assert.Len(t, pvs.Items, 1, "no new PV while the export hangs")
+	assert.Len(t, pvs.Items, 3, "no PV made or deleted while the export hangs")
 
 	hung.Clear()
+	cleared := time.Now()
 	e.waitReadyz(e.p, 200)
-	dirs := map[string]bool{ns + "-before-" + pvBefore.Name: true}
+	t.Logf("/readyz ready %v after the export answered again", time.Since(cleared).Round(time.Millisecond))
+	// The library retries each claim with a backoff doubling up to 5 min:
+	// after two minutes of failures the next try may be two minutes away.
 	for _, c := range claims {
-		_, pv := e.waitBound(ns, c, 90*time.Second)
-		dir := ns + "-" + c + "-" + pv.Name
-		e.assertReachable(pv, dir)
+		_, pv := e.waitBound(ns, c, 5*time.Minute)
+		dir := dirOf(c, pv)
+		assert.False(t, dirs[dir], "two claims bound to %s", dir)
 		dirs[dir] = true
+		e.assertReachable(pv, dir)
 	}
+	t.Logf("all %d claims bound %v after the export answered again", len(claims), time.Since(cleared).Round(time.Second))
+	for _, pv := range released {
+		e.waitPVGone(pv, 5*time.Minute)
+	}
+	t.Logf("both releases applied %v after the export answered again", time.Since(cleared).Round(time.Second))
+	pvs, err = e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, pvs.Items, 1+len(claims), "one PV per claim")
 	entries, err := os.ReadDir(e.exportDir)
 	require.NoError(t, err)
+	var got []string
 	for _, en := range entries {
-		assert.True(t, dirs[en.Name()] || en.Name() == stateDir || strings.HasPrefix(en.Name(), ".nfs-provisioner-probe-"), "unexpected entry %s in the export", en.Name())
+		if en.Name() != stateDir && !strings.HasPrefix(en.Name(), ".nfs-provisioner-probe-") {
+			got = append(got, en.Name())
+		}
 	}
+	var want []string
+	for d := range dirs {
+		want = append(want, d)
+	}
+	assert.ElementsMatch(t, want, got, "the export holds exactly the bound claims' directories: no orphan, no half-made one, the released ones gone")
+}
+
+// TestFaultSlowExportBurst: with every call on the export taking 50 ms, as
+// on a distant or loaded NFS server, a burst of 200 claims binds with the
+// default settings and no operation times out or fails.
+func TestFaultSlowExportBurst(t *testing.T) {
+	const (
+		n     = 200
+		delay = 50 * time.Millisecond
+	)
+	e := newFaultEnv(t, func(ffs *faultfs.FS) { ffs.Delay(delay, faultfs.Match{}) })
+	const ns = "burst"
+	e.namespace(ns)
+	e.class("nfs", nil)
+	start := time.Now()
+	burst := e.createClaimsConcurrently(ns, "nfs", n, 8)
+	require.NoError(t, burst.wait())
+	created := time.Since(start)
+	allPVs := e.waitVolumeCount(n, 5*time.Minute).Sub(start)
+	allBound := e.waitBurstBound(ns, n, 5*time.Minute).Sub(start)
+	t.Logf("%d claims on an export answering every call after %v: created in %v, all PVs after %v (%.1f claims/s), all Bound after %v",
+		n, delay, created.Round(time.Millisecond), allPVs.Round(time.Millisecond), float64(n)/allPVs.Seconds(), allBound.Round(time.Millisecond))
+	e.assertBurstConsistent(ns, n)
+	_, body, err := e.p.Get(e.ctx, "/metrics")
+	require.NoError(t, err)
+	assert.Zero(t, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="error"}`), "provisioning attempts that failed")
+	assert.Equal(t, float64(n), metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"}`))
+	assert.Zero(t, metricValue(t, body, "nfs_provisioner_export_hung_seconds"))
 }

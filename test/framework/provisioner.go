@@ -120,6 +120,9 @@ func (p *ProvisionerProcess) Kill() {
 	p.launcher.close()
 }
 
+// PID is the process id of the provisioner binary.
+func (p *ProvisionerProcess) PID() int { return p.proc.cmd.Process.Pid }
+
 // Exited reports whether the process has ended.
 func (p *ProvisionerProcess) Exited() bool { return p.proc.exited() }
 
