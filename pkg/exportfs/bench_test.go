@@ -239,3 +239,54 @@ func processCPU(tb testing.TB) float64 {
 }
 
 func seconds(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
+
+// BenchmarkScan counts trees a tenant may build, and du -sx the same tree
+// in the same run as a baseline (both on a warm cache). entries/s counts
+// files and directories per second of wall time; B/op is all Scan
+// allocated, maxRSS-KiB du's peak resident memory.
+func BenchmarkScan(b *testing.B) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		build func(tb testing.TB, dir string) int
+	}{
+		{"deep: 15000 levels of 255-byte names", func(tb testing.TB, dir string) int {
+			return buildDeep(tb, dir, 15000, strings.Repeat("d", maxNameLen))
+		}},
+		{"wide: 100000 files in one directory", func(tb testing.TB, dir string) int {
+			return buildFiles(tb, dir, 100000)
+		}},
+		{"spread: 100000 files in 1000 directories 3 levels down", func(tb testing.TB, dir string) int {
+			return buildSpread(tb, dir, 3, 10, 100)
+		}},
+	} {
+		e := newEnv(b)
+		mkdirs(b, e.in("pvc"))
+		entries := tc.build(b, e.in("pvc")) + 1
+		b.Run(tc.name+"/Scan", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				got, err := e.fs.Scan(ctx, "pvc", ScanOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if got.Inodes != uint64(entries) {
+					b.Fatalf("counted %d inodes, made %d", got.Inodes, entries)
+				}
+			}
+			b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+		})
+		b.Run(tc.name+"/du -sx baseline", func(b *testing.B) {
+			var maxRSS int64
+			for b.Loop() {
+				cmd := exec.Command("du", "-sx", e.in("pvc"))
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("%v: %s", err, out)
+				}
+				maxRSS = max(maxRSS, cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss)
+			}
+			b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+			b.ReportMetric(float64(maxRSS), "maxRSS-KiB")
+		})
+	}
+}

@@ -26,6 +26,8 @@ var (
 	// ErrInvalidPath means a rel or name argument is not a valid path
 	// relative to the root.
 	ErrInvalidPath = errors.New("invalid path")
+	// ErrChanged reports that a directory was moved while Scan read it.
+	ErrChanged = errors.New("directory moved during the scan")
 	// ErrTimeout means the operation did not finish within the FS timeout,
 	// typically because the NFS export is hung or unreachable.
 	ErrTimeout = errors.New("filesystem operation timed out")
@@ -73,6 +75,7 @@ type FS struct {
 	timeout  time.Duration
 	slots    chan struct{}
 	removals chan struct{} // held by RemoveAll besides its slot
+	scans    chan struct{} // held by Scan besides its slot
 	// files is held by each call on the provisioner's own files (ReadFile,
 	// AppendFile, ReplaceFile) until its system calls return.
 	files  chan struct{}
@@ -101,6 +104,7 @@ func New(root string, timeout time.Duration) *FS {
 		timeout:  timeout,
 		slots:    make(chan struct{}, maxStuck),
 		removals: make(chan struct{}, maxRemovals),
+		scans:    make(chan struct{}, maxScans),
 		files:    make(chan struct{}, 1),
 	}
 }
@@ -156,7 +160,10 @@ type progress struct {
 	start time.Time    // set by runOp when the work starts
 	brk   *breaker     // set by runOp: each step is an answer of the export
 	last  atomic.Int64 // the time of the last step, in nanoseconds since start
-	done  atomic.Int64 // entries removed
+	done  atomic.Int64 // entries removed (or counted)
+	// noun is what the operation does to entries, for messages; "" is
+	// "removing".
+	noun string
 }
 
 func (p *progress) step() {
@@ -173,6 +180,9 @@ func (p *progress) idle() time.Duration {
 func (p *progress) note() string {
 	if p == nil {
 		return ""
+	}
+	if p.noun != "" {
+		return fmt.Sprintf(" after %s %d entries", p.noun, p.done.Load())
 	}
 	return fmt.Sprintf(" after removing %d entries (they stay removed; the next attempt goes on from there)", p.done.Load())
 }
@@ -228,8 +238,12 @@ func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, 
 		case limit <- struct{}{}:
 		case <-ctx.Done():
 			f.brk.unused(adm)
-			return zero, fmt.Errorf("%s: still waiting for one of the %d removals already running on the export %s to finish: %w",
-				what, cap(limit), f.root, context.Cause(ctx))
+			lane := "removals"
+			if limit == f.scans {
+				lane = "usage scans"
+			}
+			return zero, fmt.Errorf("%s: still waiting for one of the %d %s already running on the export %s to finish: %w",
+				what, cap(limit), lane, f.root, context.Cause(ctx))
 		}
 	}
 	release := func() {
