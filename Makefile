@@ -31,11 +31,11 @@ build: ## Build bin/nfs-provisioner for this machine
 
 .PHONY: image
 image: ## Build the multi-arch image as an OCI archive in dist/; PUSH=1 pushes it to IMAGE instead (needs Docker buildx)
-	$(if $(PUSH),,mkdir -p dist)
+	$(if $(filter 1,$(PUSH)),,mkdir -p dist)
 	docker buildx build --platform $(PLATFORMS) \
 		--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg BUILD_DATE=$(BUILD_DATE) \
 		-t $(IMAGE):$(VERSION) \
-		$(if $(PUSH),--push,--output type=oci$(,)dest=dist/nfs-provisioner-image.tar) .
+		$(if $(filter 1,$(PUSH)),--push,--output type=oci$(,)dest=dist/nfs-provisioner-image.tar) .
 
 .PHONY: release
 release: $(HELM) ## Binaries for linux/amd64 and linux/arm64 plus the packaged chart in dist/

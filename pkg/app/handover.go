@@ -305,6 +305,7 @@ func (a *actor) act(ctx, stop context.Context) {
 	defer ticker.Stop()
 	acting, waiting := false, false
 	var waitingFor, lastErr string
+	var lastErrLogged time.Time
 	defer a.metrics.SetWaitingForIncumbent(false)
 	for ctx.Err() == nil && stop.Err() == nil {
 		s, err := a.incumbent.Check(ctx)
@@ -313,9 +314,11 @@ func (a *actor) act(ctx, stop context.Context) {
 			if ctx.Err() != nil {
 				break
 			}
-			if err.Error() != lastErr {
-				a.logger.Error(err, "Cannot tell whether nfs-subdir-external-provisioner runs", "acting", acting)
-				lastErr = err.Error()
+			// Again every minute: nothing is provisioned meanwhile, and a
+			// missing RBAC rule must not hide behind one old log line.
+			if err.Error() != lastErr || time.Since(lastErrLogged) >= time.Minute {
+				a.logger.Error(err, "Cannot tell whether nfs-subdir-external-provisioner runs; not provisioning until it can be read", "acting", acting)
+				lastErr, lastErrLogged = err.Error(), time.Now()
 			}
 			if !acting {
 				// Unknown is not gone: wait until a reading succeeds.

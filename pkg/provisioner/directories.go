@@ -112,7 +112,7 @@ func (p *Provisioner) usersOf(rel, except string) (same, nested []string, err er
 // how it may have the directory (see ownership). Nested volumes are refused
 // always; the identical directory is shared only if the class allows it. The
 // returned func drops the reservation.
-func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, cls params.Class) (plan, func(), error) {
+func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName, className string, cls params.Class) (plan, func(), error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if by, ok := p.removingOverlap(rel); ok {
@@ -128,6 +128,11 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, 
 	if len(same) > 0 && !cls.AllowSharedPath {
 		return plan{}, nil, refuse("directory %.128q is already used by PersistentVolume %q: give this claim its own directory through the class's pathPattern, or set allowSharedPath: \"true\" on the class if sharing is intended", rel, same[0])
 	}
+	for _, name := range same {
+		if err := p.joinable(rel, name, className); err != nil {
+			return plan{}, nil, err
+		}
+	}
 	for other, r := range p.reserved {
 		switch {
 		case other == pvName || !volpath.Overlaps(r.dir, rel):
@@ -135,6 +140,8 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, 
 			return plan{}, nil, refuse("directory %.128q contains or lies inside %q, being provisioned for PersistentVolume %q: volumes may not nest, give each claim a directory of its own", rel, r.dir, other)
 		case r.claimUID != claimUID && !cls.AllowSharedPath:
 			return plan{}, nil, refuse("directory %.128q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
+		case r.claimUID != claimUID && r.class != className:
+			return plan{}, nil, refuse("directory %.128q is being provisioned for PersistentVolume %q of StorageClass %q: allowSharedPath shares a directory only among the volumes of one class, give this claim its own directory", rel, other, r.class)
 		}
 	}
 	live := func(name string) bool {
@@ -150,12 +157,33 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName string, 
 		// know (made by the incumbent or by hand).
 		pl.existing.Any = true
 	}
-	p.reserved[pvName] = reservation{claimUID: claimUID, dir: rel}
+	p.reserved[pvName] = reservation{claimUID: claimUID, dir: rel, class: className}
 	return pl, func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		delete(p.reserved, pvName)
 	}, nil
+}
+
+// joinable refuses sharing rel with the live PV name unless this provisioner
+// made that PV for a claim of the same class, className, which then allows
+// sharing too: a class with allowSharedPath must not hand claims another
+// class's directory, a static PV's or the incumbent's, let alone re-mode it.
+func (p *Provisioner) joinable(rel, name, className string) error {
+	obj, ok, err := p.cfg.Volumes.GetByKey(name)
+	if err != nil || !ok {
+		return fmt.Errorf("looking up PersistentVolume %q using directory %q: not found or %v; retrying", name, rel, err)
+	}
+	pv := obj.(*v1.PersistentVolume)
+	_, recorded := pv.Annotations[AnnDirectory]
+	_, derived := pv.Annotations[annDirectoryIsPath]
+	if !recorded && !derived {
+		return refuse("directory %.128q is used by PersistentVolume %q, which this provisioner didn't make (a static PV, or the incumbent's): allowSharedPath shares a directory only among volumes of one class made by this provisioner, give this claim its own directory", rel, name)
+	}
+	if pv.Spec.StorageClassName != className {
+		return refuse("directory %.128q is used by PersistentVolume %q of StorageClass %q: allowSharedPath shares a directory only among the volumes of one class, give this claim its own directory", rel, name, pv.Spec.StorageClassName)
+	}
+	return nil
 }
 
 // VolumeAdded drops the reservation of a PV once the informer holds it, from

@@ -88,6 +88,7 @@ type Provisioner struct {
 type reservation struct {
 	claimUID string
 	dir      string
+	class    string // the claim's StorageClass
 }
 
 var _ controller.Provisioner = (*Provisioner)(nil)
@@ -169,7 +170,7 @@ func (p *Provisioner) provision(ctx context.Context, opts controller.ProvisionOp
 	if err := checkReservedName(rel); err != nil {
 		return nil, err
 	}
-	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, cls); err != nil {
+	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, class.Name, cls); err != nil {
 		return nil, err
 	}
 
@@ -219,12 +220,12 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 // makeDir reserves rel for the PV and creates it, or adopts it where the
 // ownership rules allow, recording it in the ledger; on error the
 // reservation is dropped.
-func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName string, cls params.Class) error {
+func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName, className string, cls params.Class) error {
 	led, err := p.ledger(ctx)
 	if err != nil {
 		return err
 	}
-	pl, release, err := p.reserve(led, rel, claimUID, pvName, cls)
+	pl, release, err := p.reserve(led, rel, claimUID, pvName, className, cls)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
 	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 )
 
 const (
@@ -288,10 +289,21 @@ func TestProvisionSharedDirectory(t *testing.T) {
 	assert.Contains(t, err.Error(), `directory "shared/web" is already used by PersistentVolume "`+pv1.Name+`"`)
 	assert.Contains(t, err.Error(), "allowSharedPath")
 
+	// A class that allows sharing doesn't get another class's directory.
 	shared := map[string]string{"pathPattern": "shared/${.PVC.labels.app}", "allowSharedPath": "true"}
+	_, err = e.provision(t, class("nfs-shared", shared), second)
+	require.ErrorContains(t, err, `directory "shared/web" is used by PersistentVolume "`+pv1.Name+`" of StorageClass "nfs": allowSharedPath shares a directory only among the volumes of one class`)
+	assert.InDelta(t, 2, e.count(metrics.OpProvision, metrics.Refused), 0)
+
+	// Within the class, claims share it, whatever their namespace.
+	second.Labels["app"] = "db"
 	pv2, err := e.provision(t, class("nfs-shared", shared), second)
 	require.NoError(t, err)
-	assert.Equal(t, pv1.Spec.NFS.Path, pv2.Spec.NFS.Path)
+	third := claim("other-ns", "c", "u6")
+	third.Labels = map[string]string{"app": "db"}
+	pv3, err := e.provision(t, class("nfs-shared", shared), third)
+	require.NoError(t, err)
+	assert.Equal(t, pv2.Spec.NFS.Path, pv3.Spec.NFS.Path)
 
 	// A directory nested inside another volume's, or holding one, is
 	// refused, allowSharedPath or not: the owner of the outer directory
@@ -316,6 +328,9 @@ func TestProvisionSharedDirectory(t *testing.T) {
 	_, err = e.provision(t, class("nfs", map[string]string{"pathPattern": "legacy/web/${.PVC.labels.app}", "allowSharedPath": "true"}), inner)
 	require.ErrorContains(t, err, `lies inside the directory of PersistentVolume "pvc-old": volumes may not nest`)
 	assert.NoDirExists(t, filepath.Join(e.root, "legacy/web/inner"))
+	// Nor is the incumbent's directory itself shared, even with its class.
+	_, err = e.provision(t, class("old", map[string]string{"pathPattern": "legacy/web", "allowSharedPath": "true"}), claim("ns", "f", "u7"))
+	require.ErrorContains(t, err, `is used by PersistentVolume "pvc-old", which this provisioner didn't make`)
 }
 
 func TestConcurrentClaimsForOneDirectory(t *testing.T) {
@@ -482,4 +497,20 @@ func TestFailedProvisioningLeavesNothing(t *testing.T) {
 	pv.Annotations[AnnOnDelete] = "delete"
 	require.NoError(t, e.p.Delete(context.Background(), pv))
 	assert.NoDirExists(t, filepath.Join(e.root, "web"), "parents made by the first attempt go with the volume")
+}
+
+// TestSharingNeedsOneClassWhileProvisioning: two claims given one directory
+// at the same moment share it only if they are of one class.
+func TestSharingNeedsOneClassWhileProvisioning(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	led, err := e.p.ledger(context.Background())
+	require.NoError(t, err)
+	shared := params.Class{AllowSharedPath: true}
+	_, _, err = e.p.reserve(led, "shared", "u1", "pvc-u1", "team", shared)
+	require.NoError(t, err)
+	_, _, err = e.p.reserve(led, "shared", "u2", "pvc-u2", "other", shared)
+	require.ErrorContains(t, err, `directory "shared" is being provisioned for PersistentVolume "pvc-u1" of StorageClass "team": allowSharedPath shares a directory only among the volumes of one class`)
+	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", "team", shared)
+	require.NoError(t, err)
 }

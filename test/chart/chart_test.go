@@ -277,10 +277,15 @@ func TestRBAC(t *testing.T) {
 		})
 	}
 
-	t.Run("no leader election, no Role", func(t *testing.T) {
+	t.Run("no leader election: only the incumbent's record", func(t *testing.T) {
+		// Without election the binary still waits for the incumbent, so it
+		// must be able to read its record.
 		objs := RenderChart(t, "", "leaderElection.enabled=false", "replicaCount=1")
-		assert.Empty(t, OfKind(objs, "Role"))
-		assert.Empty(t, OfKind(objs, "RoleBinding"))
+		role := convert[rbacv1.Role](t, One(t, objs, "Role"))
+		assert.Equal(t, []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"endpoints"}, ResourceNames: []string{"cluster.local-nfs-subdir-external-provisioner"}, Verbs: []string{"get"}},
+		}, role.Rules)
+		assert.Equal(t, role.Name, convert[rbacv1.RoleBinding](t, One(t, objs, "RoleBinding")).RoleRef.Name)
 		c := container(t, convert[appsv1.Deployment](t, One(t, objs, "Deployment")))
 		assert.Equal(t, "false", env(c, "ENABLE_LEADER_ELECTION").Value)
 	})
