@@ -41,11 +41,15 @@ const (
 // Record is one line of the ledger. A record with Drop set removes the
 // record of the same Kind, Dir and PV.
 type Record struct {
-	Kind Kind      `json:"kind"`
-	Dir  string    `json:"dir"`
-	PV   string    `json:"pv,omitempty"`
-	Ino  uint64    `json:"ino,omitempty"`
-	From string    `json:"from,omitempty"`
+	Kind Kind   `json:"kind"`
+	Dir  string `json:"dir"`
+	PV   string `json:"pv,omitempty"`
+	Ino  uint64 `json:"ino,omitempty"`
+	From string `json:"from,omitempty"`
+	// NS is the namespace of the volume's claim (volume, retained and
+	// archive records), so that data left in a namespace's subtree goes
+	// to claims of that namespace only.
+	NS   string    `json:"ns,omitempty"`
 	Time time.Time `json:"time,omitzero"`
 	Drop bool      `json:"drop,omitempty"`
 }

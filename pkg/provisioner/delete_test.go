@@ -203,7 +203,7 @@ func TestDeleteSeesClaimsBeingProvisioned(t *testing.T) {
 	// Another is being given it right now, not even recorded yet.
 	led, err := e.p.ledger(context.Background())
 	require.NoError(t, err)
-	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", shared.Name, params.Class{AllowSharedPath: true})
+	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u3", namespace: "ns", class: shared.Name, pv: "pvc-u3"}, params.Class{AllowSharedPath: true})
 	require.NoError(t, err)
 
 	require.NoError(t, e.p.Delete(context.Background(), pv1))
@@ -214,7 +214,7 @@ func TestDeleteSeesClaimsBeingProvisioned(t *testing.T) {
 	e.restart()
 	led, err = e.p.ledger(context.Background())
 	require.NoError(t, err)
-	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", shared.Name, params.Class{AllowSharedPath: true})
+	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u3", namespace: "ns", class: shared.Name, pv: "pvc-u3"}, params.Class{AllowSharedPath: true})
 	require.NoError(t, err)
 	pv2 := &v1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "pvc-u2", Annotations: map[string]string{AnnDirectory: "shared", AnnOnDelete: "delete"}},

@@ -112,7 +112,8 @@ func (p *Provisioner) usersOf(rel, except string) (same, nested []string, err er
 // how it may have the directory (see ownership). Nested volumes are refused
 // always; the identical directory is shared only if the class allows it. The
 // returned func drops the reservation.
-func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName, className string, cls params.Class) (plan, func(), error) {
+func (p *Provisioner) reserve(led *ledger.Ledger, rel string, c claimRef, cls params.Class) (plan, func(), error) {
+	claimUID, pvName, className := c.uid, c.pv, c.class
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if by, ok := p.removingOverlap(rel); ok {
@@ -148,7 +149,7 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel, claimUID, pvName, classNa
 		_, reserved := p.reserved[name]
 		return reserved || p.exists(name)
 	}
-	pl, err := ownership(led, rel, pvName, cls, live)
+	pl, err := ownership(led, rel, pvName, c.namespace, cls, live)
 	if err != nil {
 		return plan{}, nil, err
 	}

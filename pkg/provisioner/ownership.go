@@ -91,7 +91,7 @@ type plan struct {
 // against the ledger; the caller holds p.mu and has checked the live PVs.
 // live tells whether a PV exists or is being provisioned: the record of one
 // that doesn't (deleted by hand, never saved) makes no one a user.
-func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class, live func(string) bool) (plan, error) {
+func ownership(led *ledger.Ledger, rel, pvName, namespace string, cls params.Class, live func(string) bool) (plan, error) {
 	if r, ok := led.Around(rel); ok {
 		return plan{}, refuse("directory %.128q would contain or lie inside %s: volumes may not nest, give the claim a directory of its own", rel, describe(r))
 	}
@@ -112,6 +112,11 @@ func ownership(led *ledger.Ledger, rel, pvName string, cls params.Class, live fu
 			if r.Ino != 0 && pl.existing.Ino == 0 {
 				pl.existing.Ino = r.Ino
 			}
+		case r.Kind != ledger.Parent && r.NS != namespace && !cls.ReuseExisting && namespaceScoped(cls.PathPattern):
+			// The namespace's subtree is its own only if nothing another
+			// namespace's claim left there is handed over: a class with a
+			// free-form pattern could have planted it.
+			return plan{}, refuse("directory %.128q holds %s, whose claim was in namespace %q, not %q: a class whose pathPattern starts with ${.PVC.namespace} hands a claim only what its own namespace left; move the data aside, or give the claim another directory", rel, describe(r), r.NS, namespace)
 		default:
 			// Retained data, a parent directory the provisioner made, or
 			// the directory of a PV gone without it: handed over only

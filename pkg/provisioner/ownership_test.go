@@ -125,3 +125,31 @@ func TestProvisionReattachesVolumeDeletedByHand(t *testing.T) {
 	assert.Equal(t, "web/data-web-0", again.Annotations[AnnDirectory])
 	assert.FileExists(t, filepath.Join(e.root, "web/data-web-0/f"))
 }
+
+// TestNamespaceSubtreeHoldsOnlyItsOwnData: a class whose claims choose their
+// directory can plant one in another namespace's subtree; once its volume is
+// released and retained, the namespace-scoped class doesn't hand that to the
+// namespace's claim.
+func TestNamespaceSubtreeHoldsOnlyItsOwnData(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	free := class("free", byAnnotation(map[string]string{"onDelete": "retain"}))
+	planted, err := e.provision(t, free, claimFor("evil", "x", "u1", "web/data-web-0"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "web/data-web-0/planted"), []byte("x"), 0o644))
+	require.NoError(t, e.p.Delete(context.Background(), planted))
+	require.NoError(t, e.volumes.Delete(planted))
+	e.restart()
+
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"})
+	_, err = e.provision(t, sc, claim("web", "data-web-0", "u2"))
+	require.ErrorContains(t, err, `directory "web/data-web-0" holds the directory "web/data-web-0" retained when PersistentVolume "pvc-u1" was deleted, whose claim was in namespace "evil", not "web"`)
+
+	// What the namespace's own claim retained is handed back.
+	own, err := e.provision(t, class("own", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}", "onDelete": "retain"}), claim("web", "data-web-1", "u3"))
+	require.NoError(t, err)
+	require.NoError(t, e.p.Delete(context.Background(), own))
+	require.NoError(t, e.volumes.Delete(own))
+	_, err = e.provision(t, sc, claim("web", "data-web-1", "u4"))
+	require.NoError(t, err)
+}

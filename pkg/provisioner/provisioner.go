@@ -91,6 +91,23 @@ type reservation struct {
 	class    string // the claim's StorageClass
 }
 
+// claimRef is who a directory is being provisioned for.
+type claimRef struct {
+	uid, namespace, class, pv string
+}
+
+func claimOf(claim *v1.PersistentVolumeClaim, class, pv string) claimRef {
+	return claimRef{uid: string(claim.UID), namespace: claim.Namespace, class: class, pv: pv}
+}
+
+// claimNamespace is the namespace of the claim pv was bound to, "" if none.
+func claimNamespace(pv *v1.PersistentVolume) string {
+	if pv.Spec.ClaimRef == nil {
+		return ""
+	}
+	return pv.Spec.ClaimRef.Namespace
+}
+
 var _ controller.Provisioner = (*Provisioner)(nil)
 
 // New returns a Provisioner; it starts nothing.
@@ -170,7 +187,7 @@ func (p *Provisioner) provision(ctx context.Context, opts controller.ProvisionOp
 	if err := checkReservedName(rel); err != nil {
 		return nil, err
 	}
-	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, class.Name, cls); err != nil {
+	if err := p.makeDir(ctx, rel, claimOf(claim, class.Name, opts.PVName), cls); err != nil {
 		return nil, err
 	}
 
@@ -220,16 +237,17 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 // makeDir reserves rel for the PV and creates it, or adopts it where the
 // ownership rules allow, recording it in the ledger; on error the
 // reservation is dropped.
-func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName, className string, cls params.Class) error {
+func (p *Provisioner) makeDir(ctx context.Context, rel string, c claimRef, cls params.Class) error {
+	pvName := c.pv
 	led, err := p.ledger(ctx)
 	if err != nil {
 		return err
 	}
-	pl, release, err := p.reserve(led, rel, claimUID, pvName, className, cls)
+	pl, release, err := p.reserve(led, rel, c, cls)
 	if err != nil {
 		return err
 	}
-	intent := ledger.Record{Kind: ledger.Volume, Dir: rel, PV: pvName}
+	intent := ledger.Record{Kind: ledger.Volume, Dir: rel, PV: pvName, NS: c.namespace}
 	if pl.intent {
 		// Before creating it, so that a crash in between can't leave a
 		// directory of ours looking like someone else's.
@@ -251,7 +269,7 @@ func (p *Provisioner) makeDir(ctx context.Context, rel, claimUID, pvName, classN
 		}
 		return fmt.Errorf("creating directory %q on the export: %w", rel, err)
 	}
-	recs := []ledger.Record{{Kind: ledger.Volume, Dir: rel, PV: pvName, Ino: made.Ino}}
+	recs := []ledger.Record{{Kind: ledger.Volume, Dir: rel, PV: pvName, Ino: made.Ino, NS: c.namespace}}
 	for _, dir := range made.Parents {
 		recs = append(recs, ledger.Record{Kind: ledger.Parent, Dir: dir})
 	}
@@ -335,7 +353,7 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 	switch policy {
 	case params.Retain:
 		recs := drops(led.At(rel), mine)
-		if err := led.Append(ctx, append(recs, ledger.Record{Kind: ledger.Retained, Dir: rel, PV: pv.Name, Time: p.cfg.Now().UTC()})...); err != nil {
+		if err := led.Append(ctx, append(recs, ledger.Record{Kind: ledger.Retained, Dir: rel, PV: pv.Name, Time: p.cfg.Now().UTC(), NS: claimNamespace(pv)})...); err != nil {
 			return fmt.Errorf("recording retained directory %q in the ledger: %w", rel, err)
 		}
 		logger.Info("Retained directory")
@@ -358,7 +376,7 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 			return fmt.Errorf("archiving directory %q on the export: %w", rel, err)
 		}
 		logger.Info("Archived directory", "archive", name)
-		archived := ledger.Record{Kind: ledger.Archive, Dir: path.Join(path.Dir(rel), name), PV: pv.Name, From: rel, Time: p.cfg.Now().UTC()}
+		archived := ledger.Record{Kind: ledger.Archive, Dir: path.Join(path.Dir(rel), name), PV: pv.Name, From: rel, Time: p.cfg.Now().UTC(), NS: claimNamespace(pv)}
 		if err := led.Append(ctx, append(forget(led, rel, pv.Name), archived)...); err != nil {
 			return fmt.Errorf("recording archive %q in the ledger: %w", name, err)
 		}

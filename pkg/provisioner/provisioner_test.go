@@ -507,10 +507,10 @@ func TestSharingNeedsOneClassWhileProvisioning(t *testing.T) {
 	led, err := e.p.ledger(context.Background())
 	require.NoError(t, err)
 	shared := params.Class{AllowSharedPath: true}
-	_, _, err = e.p.reserve(led, "shared", "u1", "pvc-u1", "team", shared)
+	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u1", namespace: "ns", class: "team", pv: "pvc-u1"}, shared)
 	require.NoError(t, err)
-	_, _, err = e.p.reserve(led, "shared", "u2", "pvc-u2", "other", shared)
+	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u2", namespace: "ns", class: "other", pv: "pvc-u2"}, shared)
 	require.ErrorContains(t, err, `directory "shared" is being provisioned for PersistentVolume "pvc-u1" of StorageClass "team": allowSharedPath shares a directory only among the volumes of one class`)
-	_, _, err = e.p.reserve(led, "shared", "u3", "pvc-u3", "team", shared)
+	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u3", namespace: "ns", class: "team", pv: "pvc-u3"}, shared)
 	require.NoError(t, err)
 }
