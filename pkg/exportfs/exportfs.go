@@ -132,12 +132,14 @@ type Usage struct {
 	TotalInodes uint64
 }
 
-// abs returns the absolute path of a validated rel, for messages.
+// abs returns the absolute path of a validated rel, for messages: a path
+// of up to 4 KiB that claims chose is shown by its start and end, so that
+// an Event repeating it stays small.
 func (f *FS) abs(rel string) string {
 	if rel == "" {
 		return f.root
 	}
-	return f.root + "/" + rel
+	return f.root + "/" + shownPath([]byte(rel))
 }
 
 // describe names a rel that failed validation, for messages.

@@ -754,3 +754,20 @@ func symlinks(t testing.TB, pairs ...string) {
 		require.NoError(t, os.Symlink(pairs[i], pairs[i+1]))
 	}
 }
+
+// TestLongPathsMakeShortMessages: the error for a 4 KiB path, refused
+// after it resolved, shows it by its start and end.
+func TestLongPathsMakeShortMessages(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var parts []string
+	for range 16 {
+		parts = append(parts, strings.Repeat("d", 250))
+	}
+	rel := strings.Join(parts, "/")
+	require.NoError(t, os.MkdirAll(e.in(rel), 0o755))
+	_, err := e.fs.MkdirAll(context.Background(), rel, DirOptions{Mode: 0o755}, Existing{})
+	require.ErrorIs(t, err, fs.ErrExist)
+	assert.Less(t, len(err.Error()), 1024, "message of %d bytes for a %d-byte path", len(err.Error()), len(rel))
+	assert.Contains(t, err.Error(), "...")
+}
