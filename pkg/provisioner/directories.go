@@ -91,7 +91,7 @@ func (p *Provisioner) usersOf(rel, except string) (same, nested []string, err er
 	for _, l := range lookups {
 		objs, err := p.cfg.Volumes.ByIndex(l.index, l.key)
 		if err != nil {
-			return nil, nil, fmt.Errorf("looking up the PVs using directory %q: %w", rel, err)
+			return nil, nil, fmt.Errorf("looking up the PVs using directory %.128q: %w", rel, err)
 		}
 		for _, obj := range objs {
 			pv := obj.(*v1.PersistentVolume)
@@ -138,7 +138,7 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel string, c claimRef, cls pa
 		switch {
 		case other == pvName || !volpath.Overlaps(r.dir, rel):
 		case r.dir != rel:
-			return plan{}, nil, refuse("directory %.128q contains or lies inside %q, being provisioned for PersistentVolume %q: volumes may not nest, give each claim a directory of its own", rel, r.dir, other)
+			return plan{}, nil, refuse("directory %.128q contains or lies inside %.128q, being provisioned for PersistentVolume %q: volumes may not nest, give each claim a directory of its own", rel, r.dir, other)
 		case r.claimUID != claimUID && !cls.AllowSharedPath:
 			return plan{}, nil, refuse("directory %.128q is being provisioned for PersistentVolume %q of another claim: give each claim its own directory, or set allowSharedPath: \"true\" on the class", rel, other)
 		case r.claimUID != claimUID && r.class != className:
@@ -173,7 +173,7 @@ func (p *Provisioner) reserve(led *ledger.Ledger, rel string, c claimRef, cls pa
 func (p *Provisioner) joinable(rel, name, className string) error {
 	obj, ok, err := p.cfg.Volumes.GetByKey(name)
 	if err != nil || !ok {
-		return fmt.Errorf("looking up PersistentVolume %q using directory %q: not found or %v; retrying", name, rel, err)
+		return fmt.Errorf("looking up PersistentVolume %q using directory %.128q: not found or %v; retrying", name, rel, err)
 	}
 	pv := obj.(*v1.PersistentVolume)
 	_, recorded := pv.Annotations[AnnDirectory]
@@ -385,5 +385,5 @@ func (p *Provisioner) archive(ctx context.Context, rel string) (string, error) {
 		}
 		return name, err
 	}
-	return "", fmt.Errorf("100 archives of %q already exist for %s: remove old archives", rel, stamp)
+	return "", fmt.Errorf("100 archives of %.128q already exist for %s: remove old archives", rel, stamp)
 }

@@ -2,6 +2,8 @@ package provisioner
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -100,4 +102,17 @@ func TestLongAnnotationGivesShortMessage(t *testing.T) {
 		assert.Less(t, len(err.Error()), 512, "%s: %.1000s", name, err)
 		assert.Contains(t, err.Error(), "refusing the claim's directory", name)
 	}
+
+	// A valid 4 KiB path refused further on, on the export, too.
+	var parts []string
+	for range 15 {
+		parts = append(parts, strings.Repeat("d", 250))
+	}
+	long := strings.Join(parts, "/")
+	require.NoError(t, os.MkdirAll(filepath.Join(e.root, long), 0o755))
+	pvc := claim("ns", "c", "u2")
+	pvc.Annotations = map[string]string{"example.com/dir": long}
+	_, err := e.provision(t, class("free", map[string]string{"pathPattern": "${.PVC.annotations.example.com/dir}"}), pvc)
+	require.ErrorContains(t, err, "already exists and was not made for this claim")
+	assert.Less(t, len(err.Error()), 2048, "%d bytes for a %d-byte path", len(err.Error()), len(long))
 }

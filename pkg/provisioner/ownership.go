@@ -65,13 +65,13 @@ func namespaceScoped(pattern string) bool {
 func describe(r ledger.Record) string {
 	switch r.Kind {
 	case ledger.Volume:
-		return fmt.Sprintf("the directory %q of PersistentVolume %q", r.Dir, r.PV)
+		return fmt.Sprintf("the directory %.128q of PersistentVolume %q", r.Dir, r.PV)
 	case ledger.Retained:
-		return fmt.Sprintf("the directory %q retained when PersistentVolume %q was deleted", r.Dir, r.PV)
+		return fmt.Sprintf("the directory %.128q retained when PersistentVolume %q was deleted", r.Dir, r.PV)
 	case ledger.Archive:
 		return fmt.Sprintf("the archive %q of PersistentVolume %q", r.Dir, r.PV)
 	}
-	return fmt.Sprintf("the directory %q", r.Dir)
+	return fmt.Sprintf("the directory %.128q", r.Dir)
 }
 
 // plan is what reserve decided about handing a directory to a PV.
@@ -160,14 +160,14 @@ func (p *Provisioner) detach(led *ledger.Ledger, rel, pvName string, policy para
 	p.detached[pvName] = struct{}{}
 
 	if by, ok := p.removingOverlap(rel); ok {
-		return detachment{}, nil, fmt.Errorf("directory %q overlaps one PersistentVolume %q is deleting or archiving right now; retrying afterwards", rel, by)
+		return detachment{}, nil, fmt.Errorf("directory %.128q overlaps one PersistentVolume %q is deleting or archiving right now; retrying afterwards", rel, by)
 	}
 	same, nested, err := p.usersOf(rel, pvName)
 	if err != nil {
 		return detachment{}, nil, err
 	}
 	if len(nested) > 0 && policy != params.Retain {
-		return detachment{}, nil, refuse("refusing to %s directory %q: PersistentVolume %q uses a directory nested with it; this PV is deleted once that one is gone", policy, rel, nested[0])
+		return detachment{}, nil, refuse("refusing to %s directory %.128q: PersistentVolume %q uses a directory nested with it; this PV is deleted once that one is gone", policy, rel, nested[0])
 	}
 	var others []string
 	for _, name := range same {
@@ -180,7 +180,7 @@ func (p *Provisioner) detach(led *ledger.Ledger, rel, pvName string, policy para
 			continue
 		}
 		if r.dir != rel {
-			return detachment{}, nil, fmt.Errorf("directory %q overlaps %q, being provisioned for PersistentVolume %q right now; retrying afterwards", rel, r.dir, name)
+			return detachment{}, nil, fmt.Errorf("directory %.128q overlaps %.128q, being provisioned for PersistentVolume %q right now; retrying afterwards", rel, r.dir, name)
 		}
 		others = append(others, name)
 	}

@@ -265,9 +265,9 @@ func (p *Provisioner) makeDir(ctx context.Context, rel string, c claimRef, cls p
 		case errors.Is(err, fs.ErrExist):
 			return existingRefusal(rel, pvName, pl, err)
 		case refused:
-			return refusal{fmt.Errorf("refusing directory %q: %w", rel, err)}
+			return refusal{fmt.Errorf("refusing directory %.128q: %w", rel, err)}
 		}
-		return fmt.Errorf("creating directory %q on the export: %w", rel, err)
+		return fmt.Errorf("creating directory %.128q on the export: %w", rel, err)
 	}
 	recs := []ledger.Record{{Kind: ledger.Volume, Dir: rel, PV: pvName, Ino: made.Ino, NS: c.namespace}}
 	for _, dir := range made.Parents {
@@ -279,7 +279,7 @@ func (p *Provisioner) makeDir(ctx context.Context, rel string, c claimRef, cls p
 	}
 	if err := led.Append(ctx, recs...); err != nil {
 		release()
-		return fmt.Errorf("recording directory %q in the ledger: %w", rel, err)
+		return fmt.Errorf("recording directory %.128q in the ledger: %w", rel, err)
 	}
 	return nil
 }
@@ -333,7 +333,7 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 		return err
 	}
 	if rel == ledgerDir || strings.HasPrefix(rel, ledgerDir+"/") {
-		return refuse("refusing to %s directory %q of PV %q: it holds the provisioner's own records", policy, rel, pv.Name)
+		return refuse("refusing to %s directory %.128q of PV %q: it holds the provisioner's own records", policy, rel, pv.Name)
 	}
 	logger := klog.FromContext(ctx).WithValues("PV", pv.Name, "directory", rel, "onDelete", policy)
 	led, err := p.ledger(ctx)
@@ -354,17 +354,17 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 	case params.Retain:
 		recs := drops(led.At(rel), mine)
 		if err := led.Append(ctx, append(recs, ledger.Record{Kind: ledger.Retained, Dir: rel, PV: pv.Name, Time: p.cfg.Now().UTC(), NS: claimNamespace(pv)})...); err != nil {
-			return fmt.Errorf("recording retained directory %q in the ledger: %w", rel, err)
+			return fmt.Errorf("recording retained directory %.128q in the ledger: %w", rel, err)
 		}
 		logger.Info("Retained directory")
 		return nil
 	case params.Delete:
 		if err := p.cfg.Export.RemoveAll(ctx, rel); err != nil {
-			return fmt.Errorf("deleting directory %q on the export: %w", rel, err)
+			return fmt.Errorf("deleting directory %.128q on the export: %w", rel, err)
 		}
 		logger.Info("Deleted directory")
 		if err := led.Append(ctx, forget(led, rel, pv.Name)...); err != nil {
-			return fmt.Errorf("recording deleted directory %q in the ledger: %w", rel, err)
+			return fmt.Errorf("recording deleted directory %.128q in the ledger: %w", rel, err)
 		}
 	case params.Archive:
 		name, err := p.archive(ctx, rel)
@@ -373,7 +373,7 @@ func (p *Provisioner) delete(ctx context.Context, pv *v1.PersistentVolume) error
 			return led.Append(ctx, forget(led, rel, pv.Name)...)
 		}
 		if err != nil {
-			return fmt.Errorf("archiving directory %q on the export: %w", rel, err)
+			return fmt.Errorf("archiving directory %.128q on the export: %w", rel, err)
 		}
 		logger.Info("Archived directory", "archive", name)
 		archived := ledger.Record{Kind: ledger.Archive, Dir: path.Join(path.Dir(rel), name), PV: pv.Name, From: rel, Time: p.cfg.Now().UTC(), NS: claimNamespace(pv)}
