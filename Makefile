@@ -79,9 +79,10 @@ bench-go: ## Go benchmarks only: pattern evaluation, path resolution, export fil
 	go test -run '^$$' -bench . -benchmem ./pkg/volpath ./pkg/exportfs
 
 .PHONY: verify
-verify: ## gofmt and go vet
+verify: ## gofmt, go vet and a tidy go.mod
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	go vet ./...
+	go mod tidy -diff
 
 .PHONY: chart-lint
 chart-lint: $(HELM) ## helm lint the chart with the CI values

@@ -75,7 +75,9 @@ func TestFilterWatchStopWhileBlocked(t *testing.T) {
 	in := watch.NewFakeWithChanSize(1, false)
 	w := filterWatch(in, keepClaim, func(o runtime.Object) runtime.Object { return o })
 	in.Add(testClaim("a", nil))
-	time.Sleep(10 * time.Millisecond) // the filter now waits for a reader
+	// The input holds one event: this second Add returns once the filter
+	// took the first, which it can't hand on, as nobody reads.
+	in.Add(testClaim("b", nil))
 	w.Stop()
 	require.Eventually(t, func() bool {
 		select {
