@@ -187,12 +187,14 @@ func TestRemoveAllStepTimeout(t *testing.T) {
 	t.Run("slow but steady", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
+		// Its own timeout, far above a step even on a loaded machine.
+		const timeout = 500 * time.Millisecond
 		f := New(e.root, timeout)
 		mkdirs(t, e.in("pvc"))
 		buildSpread(t, e.in("pvc"), 2, 5, 10)
-		// Each system call takes a millisecond, as on a slow export; the
-		// whole removal takes several timeouts.
-		f.onStep = func() { time.Sleep(time.Millisecond) }
+		// Each system call takes 5 ms, as on a slow export; the whole
+		// removal takes several timeouts.
+		f.onStep = func() { time.Sleep(5 * time.Millisecond) }
 		start := time.Now()
 		require.NoError(t, f.RemoveAll(context.Background(), "pvc"))
 		assert.Greater(t, time.Since(start), 2*timeout)
