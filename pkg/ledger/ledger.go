@@ -283,6 +283,19 @@ func (l *Ledger) count(r Record, delta int) {
 	}
 }
 
+// Of returns every record of kind k.
+func (l *Ledger) Of(k Kind) []Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Record
+	for key, r := range l.records {
+		if key.kind == k {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // At returns the records of dir itself.
 func (l *Ledger) At(dir string) []Record {
 	l.mu.Lock()

@@ -368,7 +368,7 @@ func (p *Provisioner) classPolicy(name string) params.OnDelete {
 // suffix rather than replacing an earlier archive.
 func (p *Provisioner) archive(ctx context.Context, rel string) (string, error) {
 	leaf := path.Base(rel)
-	stamp := p.cfg.Now().UTC().Format("20060102-150405")
+	stamp := p.cfg.Now().UTC().Format(volpath.ArchiveStamp)
 	// Keep the name within NAME_MAX: "archived-" + leaf + "-" + stamp + "-NN".
 	maxLeaf := volpath.MaxSegmentBytes - len(volpath.ArchivePrefix) - len(stamp) - 4
 	for len(leaf) > maxLeaf || !utf8.ValidString(leaf) {

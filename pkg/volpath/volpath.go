@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -127,6 +128,45 @@ func Resolve(tmpl string, c Claim) (string, error) {
 // may not use such names, so no claim can be pointed at an archive of a
 // released volume.
 const ArchivePrefix = "archived-"
+
+// ArchiveStamp is the time format of an archive's name, in UTC.
+const ArchiveStamp = "20060102-150405"
+
+// ParseArchiveName reads an archive's name as the provisioner writes it,
+// "archived-<leaf>-<stamp>" with an optional "-<n>" (1 to 99) when an
+// archive of that second already existed, and returns the leaf and the time.
+// ok is false for any other name, the incumbent's "archived-<leaf>"
+// included.
+func ParseArchiveName(name string) (leaf string, at time.Time, ok bool) {
+	rest, found := strings.CutPrefix(name, ArchivePrefix)
+	if !found {
+		return "", time.Time{}, false
+	}
+	if i := strings.LastIndexByte(rest, '-'); i >= 0 && len(rest)-i <= 3 {
+		if n, err := strconv.Atoi(rest[i+1:]); err == nil && n >= 1 && n <= 99 && rest[i+1] != '0' {
+			if len(rest)-i-1 == len(strconv.Itoa(n)) {
+				if _, _, stampOK := cutStamp(rest[:i]); stampOK {
+					rest = rest[:i]
+				}
+			}
+		}
+	}
+	leaf, at, ok = cutStamp(rest)
+	return leaf, at, ok
+}
+
+// cutStamp splits "<leaf>-<stamp>".
+func cutStamp(s string) (string, time.Time, bool) {
+	n := len(ArchiveStamp)
+	if len(s) < n+2 || s[len(s)-n-1] != '-' {
+		return "", time.Time{}, false
+	}
+	at, err := time.Parse(ArchiveStamp, s[len(s)-n:])
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return s[:len(s)-n-1], at, true
+}
 
 // checkNew holds a new volume's valid directory to what only new volumes
 // must respect: no archive names, at most MaxDepth segments. Its errors

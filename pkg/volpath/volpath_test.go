@@ -4,6 +4,7 @@ import (
 	"path"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -234,4 +235,36 @@ func TestResolveDepth(t *testing.T) {
 	// Existing volumes deeper than that are still recognized.
 	_, err = FromNFSPath("/srv", "/srv/"+deep(2*MaxDepth))
 	assert.NoError(t, err)
+}
+
+func TestParseArchiveName(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 3, 10, 4, 5, 0, time.UTC)
+	for name, want := range map[string]struct {
+		leaf string
+		ok   bool
+	}{
+		"archived-ns-data-pvc-1-20261203-100405":    {"ns-data-pvc-1", true},
+		"archived-ns-data-pvc-1-20261203-100405-1":  {"ns-data-pvc-1", true},
+		"archived-ns-data-pvc-1-20261203-100405-99": {"ns-data-pvc-1", true},
+		"archived-x-20261203-100405":                {"x", true},
+		// The incumbent's names, an admin's look-alikes, broken stamps.
+		"archived-ns-data-pvc-1":         {"", false},
+		"archived-backup-2026":           {"", false},
+		"archived--20261203-100405":      {"", false},
+		"archived-x-20261203-100405-0":   {"", false},
+		"archived-x-20261203-100405-100": {"", false},
+		"archived-x-20261203-100405-01":  {"", false},
+		"archived-x-20261303-100405":     {"", false},
+		"archived-x-20261203-100405x":    {"", false},
+		"archive-x-20261203-100405":      {"", false},
+		"x-20261203-100405":              {"", false},
+	} {
+		leaf, got, ok := ParseArchiveName(name)
+		assert.Equal(t, want.ok, ok, name)
+		if want.ok {
+			assert.Equal(t, want.leaf, leaf, name)
+			assert.Equal(t, at, got, name)
+		}
+	}
 }
