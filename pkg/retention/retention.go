@@ -33,8 +33,10 @@ type Sizer interface {
 // Config is what a Remover needs.
 type Config struct {
 	Archives Archives
-	// Sizes, when set, measures each archive once for the bytes metric.
+	// Sizes, when set, measures each archive once for the bytes metric,
+	// its calls held to Wait's rate (see exportfs.ScanOptions).
 	Sizes Sizer
+	Wait  func(ctx context.Context) error
 	// Retention is how long an archive is kept; 0 keeps archives forever
 	// (then only the metrics are kept up to date).
 	Retention time.Duration
@@ -133,7 +135,7 @@ func (r *Remover) measure(ctx context.Context, logger klog.Logger, kept map[stri
 		return
 	}
 	for _, dir := range todo {
-		t, err := r.cfg.Sizes.Scan(ctx, dir, exportfs.ScanOptions{})
+		t, err := r.cfg.Sizes.Scan(ctx, dir, exportfs.ScanOptions{Wait: r.cfg.Wait})
 		if err != nil {
 			logger.V(2).Info("Measuring an archive failed; retried later", "archive", dir, "err", err.Error())
 			continue

@@ -52,8 +52,9 @@ type Config struct {
 	Volumes func() []Volume
 	// Interval is how often each volume is measured.
 	Interval time.Duration
-	// Rate bounds the scans' filesystem calls per second; 0: no bound.
-	Rate     float64
+	// Wait, when set, holds the scans' filesystem calls to a rate (see
+	// exportfs.ScanOptions); NewRate makes one.
+	Wait     func(ctx context.Context) error
 	Recorder record.EventRecorder
 	Clock    clock.WithTicker
 }
@@ -89,6 +90,16 @@ const (
 	outcomeError   = "error"
 )
 
+// NewRate returns a Wait for ScanOptions letting callsPerSecond filesystem
+// calls through, in bursts of a tenth of a second; nil (no bound) for 0.
+// Scans that share it share the rate.
+func NewRate(callsPerSecond float64) func(ctx context.Context) error {
+	if callsPerSecond <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(callsPerSecond), max(1, int(callsPerSecond/10))).Wait
+}
+
 // maxIdle bounds how long Run sleeps before looking for new volumes.
 const maxIdle = 10 * time.Second
 
@@ -97,10 +108,7 @@ const maxIdle = 10 * time.Second
 func (s *Scanner) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx).WithName("usage")
 	defer s.reset()
-	opts := exportfs.ScanOptions{}
-	if s.cfg.Rate > 0 {
-		opts.Wait = rate.NewLimiter(rate.Limit(s.cfg.Rate), max(1, int(s.cfg.Rate/10))).Wait
-	}
+	opts := exportfs.ScanOptions{Wait: s.cfg.Wait}
 	for ctx.Err() == nil {
 		if wait := s.scanNext(ctx, logger, opts); wait > 0 {
 			s.sleep(ctx, min(wait, maxIdle))
