@@ -31,7 +31,9 @@ import (
 //
 // Stopping to act closes the gate, disconnects the handlers and waits
 // until the count is zero, so a standby that takes over next never works
-// on a claim or PV this replica is still working on.
+// on a claim or PV this replica is still working on. The resize controller
+// is simpler: it runs only while acting, and stopping it waits for its
+// steps in flight.
 
 // gate lets operations through while open and tracks them.
 type gate struct {

@@ -80,7 +80,7 @@ func New() *Metrics {
 		resizes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "resizes_total",
-			Help:      "Volume expansions recorded on a claim and its PV, by outcome: success, infeasible (refused by the feasibility check) or error (API failure; retried).",
+			Help:      "Volume expansion attempts, by outcome: success (recorded on the claim and its PV), infeasible (refused by the feasibility check) or error (API failure; retried).",
 		}, []string{"outcome"}),
 	}
 	m.Registry.MustRegister(

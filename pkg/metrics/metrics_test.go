@@ -66,7 +66,7 @@ nfs_provisioner_operations_total{operation="delete",outcome="success"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="error"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="refused"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="success"} 1
-# HELP nfs_provisioner_resizes_total Volume expansions recorded on a claim and its PV, by outcome: success, infeasible (refused by the feasibility check) or error (API failure; retried).
+# HELP nfs_provisioner_resizes_total Volume expansion attempts, by outcome: success (recorded on the claim and its PV), infeasible (refused by the feasibility check) or error (API failure; retried).
 # TYPE nfs_provisioner_resizes_total counter
 nfs_provisioner_resizes_total{outcome="error"} 0
 nfs_provisioner_resizes_total{outcome="infeasible"} 2

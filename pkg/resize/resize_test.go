@@ -419,3 +419,79 @@ func TestRunExpandsAndStops(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "10Gi", pv.Spec.Capacity.Storage().String(), "no resize after Run returned")
 }
+
+// blockingCheck accepts every size once release is closed.
+type blockingCheck struct {
+	started chan struct{}
+	release chan struct{}
+}
+
+// Check fails if its context ended meanwhile, as an API call would.
+func (b blockingCheck) Check(ctx context.Context, _ *v1.PersistentVolume, _ *v1.PersistentVolumeClaim, _ resource.Quantity) error {
+	select {
+	case b.started <- struct{}{}:
+	default:
+	}
+	<-b.release
+	return ctx.Err()
+}
+
+// Stopping lets the step in flight finish and abandons the next; the next
+// Run resumes from what the claim records.
+func TestStopFinishesTheStepInFlightAndAbandonsTheRest(t *testing.T) {
+	t.Parallel()
+	_, ctx := ktesting.NewTestContext(t)
+	client := fake.NewClientset(nfsVolume(), boundClaim("10Gi"))
+	factory := informers.NewSharedInformerFactory(client, 0)
+	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
+	classes := factory.Storage().V1().StorageClasses()
+	require.NoError(t, classes.Informer().GetIndexer().Add(class("nfs", ours)))
+	infCtx, stopInformers := context.WithCancel(ctx)
+	defer stopInformers()
+	go claims.Run(infCtx.Done())
+	require.True(t, cache.WaitForCacheSync(ctx.Done(), claims.HasSynced))
+
+	check := blockingCheck{started: make(chan struct{}, 1), release: make(chan struct{})}
+	c := New(Config{ProvisionerName: ours, Client: client, Claims: claims, Classes: classes.Lister(), Recorder: record.NewFakeRecorder(10), Metrics: metrics.New(), Feasibility: check})
+	run := func(ctx context.Context) chan struct{} {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.Run(ctx)
+		}()
+		return done
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := run(runCtx)
+	select {
+	case <-check.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the feasibility check never ran")
+	}
+	stop()
+	select {
+	case <-done:
+		t.Fatal("Run returned with a step in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(check.release)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return once the step finished")
+	}
+	pvc, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, v1.PersistentVolumeClaimControllerResizeInProgress, pvc.Status.AllocatedResourceStatuses[v1.ResourceStorage], "step 1 landed")
+	pv, err := client.CoreV1().PersistentVolumes().Get(ctx, "pv-1", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "1Gi", pv.Spec.Capacity.Storage().String(), "the PV step was abandoned")
+
+	runCtx, stop = context.WithCancel(ctx)
+	defer stop()
+	run(runCtx)
+	require.NoError(t, wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		pvc, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+		return err == nil && pvc.Status.Capacity.Storage().String() == "10Gi" && len(pvc.Status.AllocatedResourceStatuses) == 0, err
+	}), "the next Run resumes")
+}
