@@ -17,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -233,8 +232,7 @@ type wiring struct {
 func newController(logger klog.Logger, client kubernetes.Interface, events corev1client.EventsGetter, o config.Options, export *exportfs.FS, m *metrics.Metrics, lib libmetrics.Metrics) (*wiring, error) {
 	// Informers start on standbys too, so a takeover only has to start the
 	// workers. They keep only what we read (see informers.go).
-	f := newCacheFilter(o)
-	factory, claims, volumes := newInformers(client, f)
+	factory, claims, volumes := newInformers(client, newCacheFilter(o))
 	classes := factory.Storage().V1().StorageClasses()
 	nodes := factory.Core().V1().Nodes()
 	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSServer, o.NFSPath)); err != nil {
@@ -286,18 +284,23 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		controller.DeletionTimeout(10*o.FSTimeout), // one attempt of a huge removal; --fs-timeout bounds each of its steps
 	)
 
-	resizeClaims := newResizeClaimInformer(client, f)
+	resizeClaims := newResizeClaimInformer(client)
 	informersSynced = append(informersSynced, resizeClaims.HasSynced)
+	// A scheme of our own for the recorder: the library adds types to
+	// client-go's global one, which would race with our reads.
+	eventScheme := runtime.NewScheme()
+	if err := v1.AddToScheme(eventScheme); err != nil {
+		return nil, fmt.Errorf("registering core types for Events: %w", err)
+	}
 	broadcaster := record.NewBroadcaster()
 	resizer := resize.New(resize.Config{
 		ProvisionerName: o.ProvisionerName,
 		Client:          client,
 		Claims:          resizeClaims,
 		Classes:         classes.Lister(),
-		Recorder:        broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "nfs-provisioner"}),
+		Recorder:        broadcaster.NewRecorder(eventScheme, v1.EventSource{Component: "nfs-provisioner"}),
 		Metrics:         m,
 		Workers:         resizeWorkers,
-		StepTimeout:     o.FSTimeout,
 	})
 
 	synced := func() bool {

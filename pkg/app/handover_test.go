@@ -302,7 +302,15 @@ func TestNoResizeWhileTheIncumbentLeads(t *testing.T) {
 	pvc := testClaim("data", nil)
 	pvc.Spec.VolumeName = "pv-data"
 	pvc.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("10Gi")
-	pvc.Status = v1.PersistentVolumeClaimStatus{Phase: v1.ClaimBound, Capacity: v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")}}
+	// As a replica that stopped after the first step leaves it: the
+	// controller goes on from its cached copy, which must be whole.
+	pvc.Annotations[v1.LastAppliedConfigAnnotation] = `{"kind":"PersistentVolumeClaim"}`
+	pvc.Status = v1.PersistentVolumeClaimStatus{
+		Phase:                     v1.ClaimBound,
+		Capacity:                  v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
+		AllocatedResources:        v1.ResourceList{v1.ResourceStorage: resource.MustParse("10Gi")},
+		AllocatedResourceStatuses: map[v1.ResourceName]v1.ClaimResourceStatus{v1.ResourceStorage: v1.PersistentVolumeClaimControllerResizeInProgress},
+	}
 	pv := &v1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "pv-data", Annotations: map[string]string{"pv.kubernetes.io/provisioned-by": provisionerName}},
 		Spec: v1.PersistentVolumeSpec{
@@ -334,14 +342,18 @@ func TestNoResizeWhileTheIncumbentLeads(t *testing.T) {
 	clk.set(renewed.Add(15 * time.Second))
 	waitCapacity("10Gi")
 	waitForEvent(ctx, t, client, "data", "VolumeResizeSuccessful")
+	c, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "true", c.Annotations["volume.kubernetes.io/node-expansion-not-required"])
+	assert.Contains(t, c.Annotations, v1.LastAppliedConfigAnnotation, "kubectl's annotation is kept")
 
 	// It comes back: a new request waits until it lapses again.
 	back := renewed.Add(time.Minute)
-	_, err := client.CoreV1().Endpoints("nfs").Update(ctx, incumbentEndpoints(back), metav1.UpdateOptions{})
+	_, err = client.CoreV1().Endpoints("nfs").Update(ctx, incumbentEndpoints(back), metav1.UpdateOptions{})
 	require.NoError(t, err)
 	clk.set(back.Add(time.Second))
 	waitReadings(ctx, t, client, 3)
-	c, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+	c, err = client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
 	require.NoError(t, err)
 	c.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("20Gi")
 	_, err = client.CoreV1().PersistentVolumeClaims("team-a").Update(ctx, c, metav1.UpdateOptions{})

@@ -28,7 +28,7 @@ import (
 //     delete them, or their directories are on our server), compacted to
 //     the fields Delete, the directory index and the library read.
 //   - claims for resizing, in an informer of their own: only bound claims
-//     with resize work left (resize.NeedsAttention).
+//     with resize work left (resize.NeedsAttention), untrimmed.
 //   - nodes: the name (the library only checks that the selected node
 //     exists); everything: no managed fields, no last-applied copy.
 //
@@ -87,7 +87,7 @@ func (f *cacheFilter) trimMeta(o metav1.Object) {
 func newInformers(client kubernetes.Interface, f *cacheFilter) (informers.SharedInformerFactory, cache.SharedIndexInformer, cache.SharedIndexInformer) {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(f.trim))
 	claims := factory.InformerFor(&v1.PersistentVolumeClaim{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return newClaimInformer(client, keepClaim, f, resync)
+		return newClaimInformer(client, keepClaim, f.trimMeta, resync)
 	})
 	volumes := factory.InformerFor(&v1.PersistentVolume{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
 		c := client.CoreV1().PersistentVolumes()
@@ -127,8 +127,9 @@ func newInformers(client kubernetes.Interface, f *cacheFilter) (informers.Shared
 	return factory, claims, volumes
 }
 
-// newClaimInformer is an informer of the claims keep accepts, trimmed.
-func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) bool, f *cacheFilter, resync time.Duration) cache.SharedIndexInformer {
+// newClaimInformer is an informer of the claims keep accepts, trimmed by
+// trim.
+func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) bool, trim func(metav1.Object), resync time.Duration) cache.SharedIndexInformer {
 	c := client.CoreV1().PersistentVolumeClaims(v1.NamespaceAll)
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -140,7 +141,7 @@ func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) boo
 			for i := range list.Items {
 				if keep(&list.Items[i]) {
 					kept = append(kept, list.Items[i])
-					f.trimMeta(&kept[len(kept)-1])
+					trim(&kept[len(kept)-1])
 				}
 			}
 			clear(list.Items[len(kept):])
@@ -154,7 +155,7 @@ func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) boo
 			}
 			return filterWatch(w, keep, func(obj runtime.Object) runtime.Object {
 				if m, ok := obj.(metav1.Object); ok {
-					f.trimMeta(m)
+					trim(m)
 				}
 				return obj
 			}), nil
@@ -165,13 +166,15 @@ func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) boo
 
 // newResizeClaimInformer is the resize controller's informer, apart from
 // the factory's (which keeps unbound claims only): bound claims that may
-// have resize work left, so a handful whatever the number of claims.
-func newResizeClaimInformer(client kubernetes.Interface, f *cacheFilter) cache.SharedIndexInformer {
+// have resize work left, so a handful whatever the number of claims. They
+// are kept whole: the controller updates a claim from its cached copy, and
+// a trimmed one would drop kubectl's last-applied annotation.
+func newResizeClaimInformer(client kubernetes.Interface) cache.SharedIndexInformer {
 	keep := func(obj runtime.Object) bool {
 		pvc, ok := obj.(*v1.PersistentVolumeClaim)
 		return ok && resize.NeedsAttention(pvc)
 	}
-	return newClaimInformer(client, keep, f, 0)
+	return newClaimInformer(client, keep, func(metav1.Object) {}, 0)
 }
 
 // paged turns the informer's first list (resourceVersion "0", which the API

@@ -135,15 +135,17 @@ func (c *Controller) Run(ctx context.Context) {
 	ctx = klog.NewContext(ctx, logger)
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute))
 	enqueue := func(obj any) {
-		if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 			queue.Add(key)
 		}
 	}
 	// Registering replays every cached claim, so nothing that changed while
-	// we did not run is missed.
+	// we did not run is missed. A claim leaving the cache (done, or
+	// deleted) is synced once more to forget it.
 	reg, err := c.cfg.Claims.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: enqueue,
 	})
 	if err != nil {
 		logger.Error(err, "Watching claims to expand; volume expansion is off")

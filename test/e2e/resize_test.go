@@ -16,6 +16,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/scheme"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
 )
 
 func allowExpansion(sc *storagev1.StorageClass) {
@@ -124,4 +132,86 @@ func TestResizeRequestedWhileStopped(t *testing.T) {
 	pvc := e.waitCapacity("team-a", "data", "3Gi", 60*time.Second)
 	t.Logf("replica start to status.capacity updated: %s", time.Since(start).Round(time.Millisecond))
 	e.assertResized(pvc, "3Gi")
+}
+
+// refuseAbove is a feasibility check refusing sizes above max.
+type refuseAbove resource.Quantity
+
+func (r refuseAbove) Check(_ context.Context, pv *v1.PersistentVolume, _ *v1.PersistentVolumeClaim, size resource.Quantity) error {
+	if max := resource.Quantity(r); size.Cmp(max) > 0 {
+		return fmt.Errorf("volume %s cannot grow to %s: only %s free", pv.Name, size.String(), max.String())
+	}
+	return nil
+}
+
+// TestResizeInfeasibleThenLowered runs pkg/resize in the test, with a check
+// the binary does not have yet, against the real API server: the refusal
+// and the recovery by lowering the request are accepted as external-resizer
+// writes them.
+func TestResizeInfeasibleThenLowered(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	p := e.startProvisioner()
+	e.namespace("team-a")
+	e.class("nfs", nil, allowExpansion)
+	e.claim("team-a", "data", "nfs")
+	_, pv := e.waitBound("team-a", "data", 30*time.Second)
+	p.Terminate(10 * time.Second)
+
+	factory := informers.NewSharedInformerFactory(e.client, 0)
+	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
+	classes := factory.Storage().V1().StorageClasses()
+	classes.Informer()
+	informersCtx, stopInformers := context.WithCancel(e.ctx)
+	factory.Start(informersCtx.Done())
+	defer func() {
+		stopInformers()
+		factory.Shutdown()
+	}()
+	require.True(t, cache.WaitForCacheSync(e.ctx.Done(), claims.HasSynced, classes.Informer().HasSynced))
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: e.client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	m := metrics.New()
+	c := resize.New(resize.Config{
+		ProvisionerName: provisionerName, Client: e.client, Claims: claims, Classes: classes.Lister(),
+		Recorder: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "resize-e2e"}), Metrics: m,
+		Feasibility: refuseAbove(resource.MustParse("5Gi")),
+	})
+	ctx, stop := context.WithCancel(e.ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	defer func() {
+		stop()
+		<-done
+	}()
+
+	e.requestSize("team-a", "data", "100Gi")
+	e.waitEvent("team-a", "data", "VolumeResizeFailed", "volume "+pv.Name+" cannot grow to 100Gi: only 5Gi free", 30*time.Second)
+	pvc, err := e.client.CoreV1().PersistentVolumeClaims("team-a").Get(e.ctx, "data", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, v1.PersistentVolumeClaimControllerResizeInfeasible, pvc.Status.AllocatedResourceStatuses[v1.ResourceStorage])
+	assert.Equal(t, "100Gi", pvc.Status.AllocatedResources.Storage().String())
+	assert.Equal(t, "1Gi", pvc.Status.Capacity.Storage().String())
+	var reason string
+	for _, cond := range pvc.Status.Conditions {
+		if cond.Type == v1.PersistentVolumeClaimControllerResizeError {
+			reason = cond.Message
+		}
+	}
+	assert.Contains(t, reason, "cannot grow to 100Gi")
+	got, err := e.client.CoreV1().PersistentVolumes().Get(e.ctx, pv.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "1Gi", got.Spec.Capacity.Storage().String(), "no PV change")
+
+	// The API server refuses going back to status.capacity, and accepts
+	// anything above it.
+	patch := `{"spec":{"resources":{"requests":{"storage":"1Gi"}}}}`
+	_, err = e.client.CoreV1().PersistentVolumeClaims("team-a").Patch(e.ctx, "data", types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	require.Error(t, err)
+	t.Logf("lowering to status.capacity: %v", err)
+	e.requestSize("team-a", "data", "4Gi")
+	e.assertResized(e.waitCapacity("team-a", "data", "4Gi", 30*time.Second), "4Gi")
 }
