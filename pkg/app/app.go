@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
@@ -33,6 +34,7 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
 	"github.com/kube-nfs/nfs-provisioner/pkg/version"
 )
 
@@ -95,9 +97,12 @@ func Run(ctx context.Context, o config.Options) error {
 	// the controller acts is the actor's decision (see handover.go).
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.factory.Start(runCtx.Done())
+	go w.resizeClaims.Run(runCtx.Done())
+	w.events.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
 	defer func() {
 		cancel()
 		w.factory.Shutdown()
+		w.events.Shutdown()
 	}()
 	go func() {
 		// The first lists leave garbage several times the size of what the
@@ -137,6 +142,7 @@ func Run(ctx context.Context, o config.Options) error {
 		grace:     o.ShutdownGracePeriod,
 		metrics:   m,
 		workers:   o.Workers,
+		resize:    w.resize,
 	}
 	if !o.LeaderElect {
 		a.act(runCtx, ctx)
@@ -213,6 +219,11 @@ type wiring struct {
 	// gate and switched decide whether the controller acts.
 	gate     *gate
 	switched []*switchedInformer
+	// resize runs while the controller acts, on its own claim informer;
+	// events carries its Events.
+	resize       *resize.Controller
+	resizeClaims cache.SharedIndexInformer
+	events       record.EventBroadcaster
 }
 
 // newController builds the library's controller around our provisioner, on
@@ -273,6 +284,25 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		controller.DeletionTimeout(10*o.FSTimeout), // one attempt of a huge removal; --fs-timeout bounds each of its steps
 	)
 
+	resizeClaims := newResizeClaimInformer(client)
+	informersSynced = append(informersSynced, resizeClaims.HasSynced)
+	// A scheme of our own for the recorder: the library adds types to
+	// client-go's global one, which would race with our reads.
+	eventScheme := runtime.NewScheme()
+	if err := v1.AddToScheme(eventScheme); err != nil {
+		return nil, fmt.Errorf("registering core types for Events: %w", err)
+	}
+	broadcaster := record.NewBroadcaster()
+	resizer := resize.New(resize.Config{
+		ProvisionerName: o.ProvisionerName,
+		Client:          client,
+		Claims:          resizeClaims,
+		Classes:         classes.Lister(),
+		Recorder:        broadcaster.NewRecorder(eventScheme, v1.EventSource{Component: "nfs-provisioner"}),
+		Metrics:         m,
+		Workers:         resizeWorkers,
+	})
+
 	synced := func() bool {
 		for _, s := range informersSynced {
 			if !s() {
@@ -281,8 +311,13 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		}
 		return true
 	}
-	return &wiring{ctrl: ctrl, factory: factory, synced: synced, gate: g, switched: []*switchedInformer{switchedClaims, switchedVolumes}}, nil
+	return &wiring{ctrl: ctrl, factory: factory, synced: synced, gate: g, switched: []*switchedInformer{switchedClaims, switchedVolumes},
+		resize: resizer, resizeClaims: resizeClaims, events: broadcaster}, nil
 }
+
+// resizeWorkers is the number of claims expanded at once: each expansion is
+// a few API writes, and expansions are rare.
+const resizeWorkers = 4
 
 // defaultGCPercent is the garbage collector's target unless GOGC is set.
 const defaultGCPercent = 50

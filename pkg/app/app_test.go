@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	libmetrics "sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller/metrics"
@@ -119,8 +121,14 @@ func startActing(ctx context.Context, t *testing.T, client *fake.Clientset, root
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w.factory.Start(runCtx.Done())
+	go w.resizeClaims.Run(runCtx.Done())
+	// The fake clientset's watch ignores resourceVersion: an object created
+	// between an informer's list and its watch is never seen. Tests create
+	// theirs once the lists are done.
+	require.True(t, cache.WaitForCacheSync(ctx.Done(), w.synced))
+	w.events.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	go w.ctrl.Run(runCtx)
-	a := &actor{logger: logger, gate: w.gate, informers: w.switched, incumbent: checker, interval: 10 * time.Millisecond, grace: 5 * time.Second, metrics: m, workers: o.Workers}
+	a := &actor{logger: logger, gate: w.gate, informers: w.switched, incumbent: checker, interval: 10 * time.Millisecond, grace: 5 * time.Second, metrics: m, workers: o.Workers, resize: w.resize}
 	acted := make(chan struct{})
 	go func() {
 		defer close(acted)
@@ -130,6 +138,7 @@ func startActing(ctx context.Context, t *testing.T, client *fake.Clientset, root
 		<-acted
 		cancel()
 		w.factory.Shutdown()
+		w.events.Shutdown()
 	})
 }
 

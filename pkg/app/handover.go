@@ -31,7 +31,9 @@ import (
 //
 // Stopping to act closes the gate, disconnects the handlers and waits
 // until the count is zero, so a standby that takes over next never works
-// on a claim or PV this replica is still working on.
+// on a claim or PV this replica is still working on. The resize controller
+// is simpler: it runs only while acting, and stopping it waits for its
+// steps in flight.
 
 // gate lets operations through while open and tracks them.
 type gate struct {
@@ -281,6 +283,12 @@ type incumbentChecker interface {
 	Object() string
 }
 
+// runner is a controller that works until its context ends and returns
+// once its work in flight has; resize.Controller is one.
+type runner interface {
+	Run(ctx context.Context)
+}
+
 // actor lets the controller act while this replica may: it leads (or
 // leader election is off) and no incumbent is active.
 type actor struct {
@@ -294,6 +302,11 @@ type actor struct {
 	grace   time.Duration
 	metrics *metrics.Metrics
 	workers int
+	// resize, when set, runs exactly while the controller acts.
+	resize runner
+	// stopResize ends that run; resizeDone is closed when it has returned.
+	stopResize context.CancelFunc
+	resizeDone chan struct{}
 }
 
 // act lets the controller act, pausing while an incumbent is active,
@@ -344,7 +357,7 @@ func (a *actor) act(ctx, stop context.Context) {
 			waiting = false
 			a.metrics.SetWaitingForIncumbent(false)
 			if !acting {
-				if err := a.resume(); err != nil {
+				if err := a.resume(ctx); err != nil {
 					a.logger.Error(err, "Connecting the controller to the informers")
 				} else {
 					acting = true
@@ -362,13 +375,24 @@ func (a *actor) act(ctx, stop context.Context) {
 	}
 }
 
-func (a *actor) resume() error {
+func (a *actor) resume(ctx context.Context) error {
 	a.gate.setOpen(true, "")
 	for _, inf := range a.informers {
 		if err := inf.connect(); err != nil {
 			a.gate.setOpen(false, "not connected to the informers")
 			return err
 		}
+	}
+	if a.resize != nil {
+		// Its own context: pausing ends it, and steps in flight finish
+		// unless the Lease is lost (see pause).
+		rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.resize.Run(rctx)
+		}()
+		a.stopResize, a.resizeDone = stop, done
 	}
 	a.metrics.SetLeader(true)
 	a.logger.Info("Provisioning", "workers", a.workers)
@@ -385,7 +409,15 @@ func (a *actor) pause(ctx context.Context, reason string) {
 		}
 	}
 	a.metrics.SetLeader(false)
+	resizeDone := a.resizeDone
+	if a.stopResize != nil {
+		a.stopResize()
+		a.stopResize, a.resizeDone = nil, nil
+	}
 	if ctx.Err() != nil {
+		// The Lease is lost: no waiting. A resize step still in flight
+		// (one API write, bounded) and the next leader's may both land;
+		// both write the same sizes, and stale status patches conflict.
 		return
 	}
 	started := time.Now()
@@ -396,6 +428,14 @@ func (a *actor) pause(ctx context.Context, reason string) {
 	if left := a.gate.wait(wctx); left > 0 {
 		a.logger.Error(nil, "Operations still running after the shutdown grace period; handing over anyway", "operations", left, "gracePeriod", a.grace)
 		return
+	}
+	if resizeDone != nil {
+		select {
+		case <-resizeDone:
+		case <-wctx.Done():
+			a.logger.Error(nil, "A volume expansion step still running after the shutdown grace period; handing over anyway", "gracePeriod", a.grace)
+			return
+		}
 	}
 	a.logger.Info("Operations in flight finished", "operations", n, "after", time.Since(started).Round(time.Millisecond))
 }

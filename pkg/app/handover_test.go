@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
@@ -284,4 +285,82 @@ func TestNoProvisioningWhileTheRecordCannotBeRead(t *testing.T) {
 	_, err = client.CoreV1().PersistentVolumes().Get(ctx, "pvc-uid-c", metav1.GetOptions{})
 	assert.Error(t, err)
 	assert.Equal(t, 0.0, gaugeValue(t, m, "nfs_provisioner_leader"))
+}
+
+// Volume expansion is gated like provisioning: nothing is resized while the
+// incumbent leads, before this replica first acts or after the incumbent
+// comes back.
+func TestNoResizeWhileTheIncumbentLeads(t *testing.T) {
+	t.Parallel()
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	renewed := time.Date(2026, 12, 2, 11, 0, 0, 0, time.UTC)
+	clk := &syncClock{t: renewed.Add(time.Second)}
+	class := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "nfs"}, Provisioner: provisionerName, AllowVolumeExpansion: ptr(true)}
+	pvc := testClaim("data", nil)
+	pvc.Spec.VolumeName = "pv-data"
+	pvc.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("10Gi")
+	// As a replica that stopped after the first step leaves it: the
+	// controller goes on from its cached copy, which must be whole.
+	pvc.Annotations[v1.LastAppliedConfigAnnotation] = `{"kind":"PersistentVolumeClaim"}`
+	pvc.Status = v1.PersistentVolumeClaimStatus{
+		Phase:                     v1.ClaimBound,
+		Capacity:                  v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
+		AllocatedResources:        v1.ResourceList{v1.ResourceStorage: resource.MustParse("10Gi")},
+		AllocatedResourceStatuses: map[v1.ResourceName]v1.ClaimResourceStatus{v1.ResourceStorage: v1.PersistentVolumeClaimControllerResizeInProgress},
+	}
+	pv := &v1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "pv-data", Annotations: map[string]string{"pv.kubernetes.io/provisioned-by": provisionerName}},
+		Spec: v1.PersistentVolumeSpec{
+			Capacity:               v1.ResourceList{v1.ResourceStorage: resource.MustParse("2Gi")},
+			PersistentVolumeSource: v1.PersistentVolumeSource{NFS: &v1.NFSVolumeSource{Server: "10.0.0.5", Path: "/srv/nfs/team-a-data"}},
+			ClaimRef:               &v1.ObjectReference{Namespace: "team-a", Name: "data", UID: pvc.UID},
+			StorageClassName:       "nfs",
+		},
+		Status: v1.PersistentVolumeStatus{Phase: v1.VolumeBound},
+	}
+	client := fake.NewClientset(class, pv, pvc, incumbentEndpoints(renewed))
+	startActing(ctx, t, client, t.TempDir(), incumbent.NewChecker(client.CoreV1(), "nfs", electionName, "me", clk.now), metrics.New())
+
+	pvCapacity := func() string {
+		pv, err := client.CoreV1().PersistentVolumes().Get(ctx, "pv-data", metav1.GetOptions{})
+		require.NoError(t, err)
+		return pv.Spec.Capacity.Storage().String()
+	}
+	waitCapacity := func(want string) {
+		t.Helper()
+		require.NoError(t, wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+			c, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+			return err == nil && pvCapacity() == want && c.Status.Capacity.Storage().String() == want, err
+		}), "resized to %s", want)
+	}
+	waitReadings(ctx, t, client, 5)
+	assert.Equal(t, "2Gi", pvCapacity(), "no resize while the incumbent leads")
+
+	clk.set(renewed.Add(15 * time.Second))
+	waitCapacity("10Gi")
+	waitForEvent(ctx, t, client, "data", "VolumeResizeSuccessful")
+	c, err := client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "true", c.Annotations["volume.kubernetes.io/node-expansion-not-required"])
+	assert.Contains(t, c.Annotations, v1.LastAppliedConfigAnnotation, "kubectl's annotation is kept")
+
+	// It comes back: a new request waits until it lapses again.
+	back := renewed.Add(time.Minute)
+	_, err = client.CoreV1().Endpoints("nfs").Update(ctx, incumbentEndpoints(back), metav1.UpdateOptions{})
+	require.NoError(t, err)
+	clk.set(back.Add(time.Second))
+	waitReadings(ctx, t, client, 3)
+	c, err = client.CoreV1().PersistentVolumeClaims("team-a").Get(ctx, "data", metav1.GetOptions{})
+	require.NoError(t, err)
+	c.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("20Gi")
+	_, err = client.CoreV1().PersistentVolumeClaims("team-a").Update(ctx, c, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	waitReadings(ctx, t, client, 5)
+	assert.Equal(t, "10Gi", pvCapacity(), "no resize while the incumbent leads again")
+
+	require.NoError(t, client.CoreV1().Endpoints("nfs").Delete(ctx, electionName, metav1.DeleteOptions{}))
+	waitCapacity("20Gi")
 }

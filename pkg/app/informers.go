@@ -15,17 +15,20 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
 )
 
 // Informers keep in memory only what the provisioner and the library read,
 // so that memory stays flat with tens of thousands of claims and volumes:
 //
 //   - claims: only unbound ones (spec.volumeName empty). A bound claim is
-//     never provisioned again and nothing else reads claims; a claim that
-//     becomes bound leaves the cache as if deleted.
+//     never provisioned again; a claim that becomes bound leaves the cache
+//     as if deleted.
 //   - volumes: only those provisioner.Compactor keeps (this provisioner may
 //     delete them, or their directories are on our server), compacted to
 //     the fields Delete, the directory index and the library read.
+//   - claims for resizing, in an informer of their own: only bound claims
+//     with resize work left (resize.NeedsAttention), untrimmed.
 //   - nodes: the name (the library only checks that the selected node
 //     exists); everything: no managed fields, no last-applied copy.
 //
@@ -84,38 +87,7 @@ func (f *cacheFilter) trimMeta(o metav1.Object) {
 func newInformers(client kubernetes.Interface, f *cacheFilter) (informers.SharedInformerFactory, cache.SharedIndexInformer, cache.SharedIndexInformer) {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(f.trim))
 	claims := factory.InformerFor(&v1.PersistentVolumeClaim{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		c := client.CoreV1().PersistentVolumeClaims(v1.NamespaceAll)
-		lw := &cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				list, err := c.List(ctx, paged(o))
-				if err != nil {
-					return nil, err
-				}
-				kept := list.Items[:0]
-				for i := range list.Items {
-					if keepClaim(&list.Items[i]) {
-						kept = append(kept, list.Items[i])
-						f.trimMeta(&kept[len(kept)-1])
-					}
-				}
-				clear(list.Items[len(kept):])
-				list.Items = kept
-				return list, nil
-			},
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				w, err := c.Watch(ctx, o)
-				if err != nil {
-					return nil, err
-				}
-				return filterWatch(w, keepClaim, func(obj runtime.Object) runtime.Object {
-					if m, ok := obj.(metav1.Object); ok {
-						f.trimMeta(m)
-					}
-					return obj
-				}), nil
-			},
-		}
-		return cache.NewSharedIndexInformer(lw, &v1.PersistentVolumeClaim{}, resync, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+		return newClaimInformer(client, keepClaim, f.trimMeta, resync)
 	})
 	volumes := factory.InformerFor(&v1.PersistentVolume{}, func(client kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
 		c := client.CoreV1().PersistentVolumes()
@@ -153,6 +125,56 @@ func newInformers(client kubernetes.Interface, f *cacheFilter) (informers.Shared
 		return cache.NewSharedIndexInformer(lw, &v1.PersistentVolume{}, resync, cache.Indexers{})
 	})
 	return factory, claims, volumes
+}
+
+// newClaimInformer is an informer of the claims keep accepts, trimmed by
+// trim.
+func newClaimInformer(client kubernetes.Interface, keep func(runtime.Object) bool, trim func(metav1.Object), resync time.Duration) cache.SharedIndexInformer {
+	c := client.CoreV1().PersistentVolumeClaims(v1.NamespaceAll)
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			list, err := c.List(ctx, paged(o))
+			if err != nil {
+				return nil, err
+			}
+			kept := list.Items[:0]
+			for i := range list.Items {
+				if keep(&list.Items[i]) {
+					kept = append(kept, list.Items[i])
+					trim(&kept[len(kept)-1])
+				}
+			}
+			clear(list.Items[len(kept):])
+			list.Items = kept
+			return list, nil
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := c.Watch(ctx, o)
+			if err != nil {
+				return nil, err
+			}
+			return filterWatch(w, keep, func(obj runtime.Object) runtime.Object {
+				if m, ok := obj.(metav1.Object); ok {
+					trim(m)
+				}
+				return obj
+			}), nil
+		},
+	}
+	return cache.NewSharedIndexInformer(lw, &v1.PersistentVolumeClaim{}, resync, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+}
+
+// newResizeClaimInformer is the resize controller's informer, apart from
+// the factory's (which keeps unbound claims only): bound claims that may
+// have resize work left, so a handful whatever the number of claims. They
+// are kept whole: the controller updates a claim from its cached copy, and
+// a trimmed one would drop kubectl's last-applied annotation.
+func newResizeClaimInformer(client kubernetes.Interface) cache.SharedIndexInformer {
+	keep := func(obj runtime.Object) bool {
+		pvc, ok := obj.(*v1.PersistentVolumeClaim)
+		return ok && resize.NeedsAttention(pvc)
+	}
+	return newClaimInformer(client, keep, func(metav1.Object) {}, 0)
 }
 
 // paged turns the informer's first list (resourceVersion "0", which the API

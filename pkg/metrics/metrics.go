@@ -30,6 +30,9 @@ const (
 	Refused = "refused"
 	// Failed: the export or the API failed; retried.
 	Failed = "error"
+	// Infeasible: a resize the feasibility check refused; the claim says
+	// why (ControllerResizeInfeasible) until its request is lowered.
+	Infeasible = "infeasible"
 )
 
 // ExportUsage reports the export's free space and whether it answers, for
@@ -46,6 +49,7 @@ type Metrics struct {
 	duration   *prometheus.HistogramVec
 	leader     prometheus.Gauge
 	waiting    prometheus.Gauge
+	resizes    *prometheus.CounterVec
 }
 
 // New registers our collectors and the Go and process collectors on a new
@@ -74,9 +78,14 @@ func New() *Metrics {
 			Name:      "waiting_for_incumbent",
 			Help:      "1 while this replica would provision but a running nfs-subdir-external-provisioner leads (or it cannot tell yet), 0 otherwise.",
 		}),
+		resizes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "resizes_total",
+			Help:      "Volume expansion attempts, by outcome: success (recorded on the claim and its PV), infeasible (refused by the feasibility check) or error (API failure; retried).",
+		}, []string{"outcome"}),
 	}
 	m.Registry.MustRegister(
-		m.operations, m.duration, m.leader, m.waiting,
+		m.operations, m.duration, m.leader, m.waiting, m.resizes,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -87,6 +96,9 @@ func New() *Metrics {
 		}
 		m.duration.WithLabelValues(op)
 	}
+	for _, outcome := range []string{Success, Infeasible, Failed} {
+		m.resizes.WithLabelValues(outcome)
+	}
 	return m
 }
 
@@ -94,6 +106,17 @@ func New() *Metrics {
 func (m *Metrics) ObserveOperation(op, outcome string, d time.Duration) {
 	m.operations.WithLabelValues(op, outcome).Inc()
 	m.duration.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// CountResize counts one resize attempt by outcome (Success, Infeasible or
+// Failed).
+func (m *Metrics) CountResize(outcome string) {
+	m.resizes.WithLabelValues(outcome).Inc()
+}
+
+// Resizes returns the resize counter of one outcome, for tests.
+func (m *Metrics) Resizes(outcome string) prometheus.Counter {
+	return m.resizes.WithLabelValues(outcome)
 }
 
 // SetLeader records whether this replica is the leader.

@@ -34,6 +34,9 @@ func TestExposition(t *testing.T) {
 	m.ObserveOperation(OpDelete, Refused, time.Millisecond)
 	m.SetLeader(true)
 	m.SetWaitingForIncumbent(true)
+	m.CountResize(Success)
+	m.CountResize(Infeasible)
+	m.CountResize(Infeasible)
 
 	problems, err := testutil.GatherAndLint(m.Registry)
 	require.NoError(t, err)
@@ -72,6 +75,11 @@ nfs_provisioner_operations_total{operation="delete",outcome="success"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="error"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="refused"} 0
 nfs_provisioner_operations_total{operation="provision",outcome="success"} 1
+# HELP nfs_provisioner_resizes_total Volume expansion attempts, by outcome: success (recorded on the claim and its PV), infeasible (refused by the feasibility check) or error (API failure; retried).
+# TYPE nfs_provisioner_resizes_total counter
+nfs_provisioner_resizes_total{outcome="error"} 0
+nfs_provisioner_resizes_total{outcome="infeasible"} 2
+nfs_provisioner_resizes_total{outcome="success"} 1
 # HELP nfs_provisioner_waiting_for_incumbent 1 while this replica would provision but a running nfs-subdir-external-provisioner leads (or it cannot tell yet), 0 otherwise.
 # TYPE nfs_provisioner_waiting_for_incumbent gauge
 nfs_provisioner_waiting_for_incumbent 1
@@ -80,7 +88,7 @@ nfs_provisioner_waiting_for_incumbent 1
 		"nfs_provisioner_export_blocked_calls", "nfs_provisioner_export_free_bytes", "nfs_provisioner_export_hung_seconds",
 		"nfs_provisioner_export_free_inodes", "nfs_provisioner_export_inodes",
 		"nfs_provisioner_export_size_bytes", "nfs_provisioner_export_usage_up", "nfs_provisioner_leader",
-		"nfs_provisioner_operations_total", "nfs_provisioner_waiting_for_incumbent"))
+		"nfs_provisioner_operations_total", "nfs_provisioner_resizes_total", "nfs_provisioner_waiting_for_incumbent"))
 	assert.Equal(t, 2, testutil.CollectAndCount(m.duration))
 }
 
