@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -24,7 +25,7 @@ const annDirectoryIsPath = "nfs.kube-nfs.io/(directory is spec.nfs.path)"
 // directory index and the library's controller read (name, UID, resource
 // version, deletion timestamp, finalizers, the provisioned-by, migrated-to
 // and our two annotations, spec.nfs, spec.csi's driver, reclaim policy,
-// class and phase), and shares the strings and annotation maps that
+// class, claim reference, storage capacity and phase), and shares the strings and annotation maps that
 // thousands of PVs repeat. A cached PV costs about a third of a decoded one.
 // Cached objects are never modified, so sharing is safe.
 type Compactor struct {
@@ -33,6 +34,7 @@ type Compactor struct {
 	mu      sync.Mutex
 	strings map[string]string
 	maps    map[annotationKey]map[string]string
+	sizes   map[string]v1.ResourceList // by quantity, e.g. "1Gi"
 }
 
 type annotationKey struct{ provisionedBy, migratedTo, onDelete string }
@@ -45,7 +47,7 @@ const maxShared = 1024
 func NewCompactor(provisionerName, exportPath string) *Compactor {
 	return &Compactor{
 		provisionerName: provisionerName, exportPath: exportPath,
-		strings: map[string]string{}, maps: map[annotationKey]map[string]string{},
+		strings: map[string]string{}, maps: map[annotationKey]map[string]string{}, sizes: map[string]v1.ResourceList{},
 	}
 }
 
@@ -91,6 +93,14 @@ func (c *Compactor) Compact(pv *v1.PersistentVolume) *v1.PersistentVolume {
 	}
 	if nfs := pv.Spec.NFS; nfs != nil {
 		out.Spec.NFS = &v1.NFSVolumeSource{Server: c.share(nfs.Server), Path: nfs.Path, ReadOnly: nfs.ReadOnly}
+	}
+	// The claim and the capacity, for the per-volume usage metrics; a few
+	// sizes recur, so their maps are shared.
+	if ref := pv.Spec.ClaimRef; ref != nil {
+		out.Spec.ClaimRef = &v1.ObjectReference{Namespace: c.share(ref.Namespace), Name: ref.Name, UID: ref.UID}
+	}
+	if q, ok := pv.Spec.Capacity[v1.ResourceStorage]; ok {
+		out.Spec.Capacity = c.size(q)
 	}
 	if csi := pv.Spec.CSI; csi != nil {
 		out.Spec.CSI = &v1.CSIPersistentVolumeSource{Driver: c.share(csi.Driver), VolumeHandle: csi.VolumeHandle}
@@ -149,6 +159,18 @@ func (c *Compactor) ownMap(a map[string]string) map[string]string {
 		}
 	}
 	return m
+}
+
+func (c *Compactor) size(q resource.Quantity) v1.ResourceList {
+	key := q.String()
+	if l, ok := c.sizes[key]; ok {
+		return l
+	}
+	l := v1.ResourceList{v1.ResourceStorage: q}
+	if len(c.sizes) < maxShared {
+		c.sizes[key] = l
+	}
+	return l
 }
 
 func (c *Compactor) share(s string) string {

@@ -32,7 +32,7 @@ func fullPV(name, server, path string, annotations map[string]string) *v1.Persis
 		Spec: v1.PersistentVolumeSpec{
 			Capacity:                      v1.ResourceList{v1.ResourceStorage: resource.MustParse("1Gi")},
 			AccessModes:                   []v1.PersistentVolumeAccessMode{v1.ReadWriteMany},
-			ClaimRef:                      &v1.ObjectReference{Namespace: "ns", Name: "data", UID: "claim-uid"},
+			ClaimRef:                      &v1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: "ns", Name: "data", UID: "claim-uid", ResourceVersion: "42"},
 			PersistentVolumeReclaimPolicy: v1.PersistentVolumeReclaimDelete,
 			StorageClassName:              "nfs",
 			MountOptions:                  []string{"nfsvers=4.1"},
@@ -101,12 +101,13 @@ func TestCompactKeepsWhatIsRead(t *testing.T) {
 			assert.Equal(t, pv.Spec.StorageClassName, small.Spec.StorageClassName)
 			assert.Equal(t, pv.Status.Phase, small.Status.Phase)
 			assert.Equal(t, pv.Spec.NFS, small.Spec.NFS)
+			// What the usage metrics read.
+			assert.Equal(t, &v1.ObjectReference{Namespace: pv.Spec.ClaimRef.Namespace, Name: pv.Spec.ClaimRef.Name, UID: pv.Spec.ClaimRef.UID}, small.Spec.ClaimRef)
+			assert.Equal(t, pv.Spec.Capacity, small.Spec.Capacity)
 
 			// And nothing else.
 			assert.Nil(t, small.Labels)
 			assert.Nil(t, small.ManagedFields)
-			assert.Nil(t, small.Spec.ClaimRef)
-			assert.Nil(t, small.Spec.Capacity)
 			assert.NotContains(t, small.Annotations, "other")
 		})
 	}
