@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"k8s.io/klog/v2/ktesting"
@@ -24,6 +25,8 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
+	"github.com/kube-nfs/nfs-provisioner/pkg/retention"
+	"github.com/kube-nfs/nfs-provisioner/pkg/usage"
 )
 
 // These tests pin the docs to the code: a row missing or extra in a table
@@ -163,6 +166,17 @@ func TestDocsMetricsTable(t *testing.T) {
 		if strings.HasPrefix(f.GetName(), "nfs_provisioner_") {
 			want = append(want, f.GetName())
 		}
+	}
+	// The leader's collectors have series only once there are volumes and
+	// archives: their descriptions name them.
+	descs := make(chan *prometheus.Desc, 64)
+	usage.New(usage.Config{}).Collector().Describe(descs)
+	retention.New(retention.Config{}).Collector().Describe(descs)
+	close(descs)
+	for d := range descs {
+		m := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())
+		require.NotNil(t, m, d.String())
+		want = append(want, m[1])
 	}
 	slices.Sort(want)
 	var got []string

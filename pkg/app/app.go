@@ -35,6 +35,8 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
+	"github.com/kube-nfs/nfs-provisioner/pkg/retention"
+	"github.com/kube-nfs/nfs-provisioner/pkg/usage"
 	"github.com/kube-nfs/nfs-provisioner/pkg/version"
 )
 
@@ -134,15 +136,15 @@ func Run(ctx context.Context, o config.Options) error {
 		interval = config.DefaultRetryPeriod
 	}
 	a := &actor{
-		logger:    logger,
-		gate:      w.gate,
-		informers: w.switched,
-		incumbent: incumbent.NewChecker(checkClient.CoreV1(), namespace, o.LeaseName(), identity, time.Now),
-		interval:  interval,
-		grace:     o.ShutdownGracePeriod,
-		metrics:   m,
-		workers:   o.Workers,
-		resize:    w.resize,
+		logger:     logger,
+		gate:       w.gate,
+		informers:  w.switched,
+		incumbent:  incumbent.NewChecker(checkClient.CoreV1(), namespace, o.LeaseName(), identity, time.Now),
+		interval:   interval,
+		grace:      o.ShutdownGracePeriod,
+		metrics:    m,
+		workers:    o.Workers,
+		leaderOnly: w.leaderOnly,
 	}
 	if !o.LeaderElect {
 		a.act(runCtx, ctx)
@@ -220,10 +222,13 @@ type wiring struct {
 	gate     *gate
 	switched []*switchedInformer
 	// resize runs while the controller acts, on its own claim informer;
-	// events carries its Events.
+	// events carries its Events and the usage scanner's.
 	resize       *resize.Controller
 	resizeClaims cache.SharedIndexInformer
 	events       record.EventBroadcaster
+	// leaderOnly is what runs while the controller acts: resize, and the
+	// usage scanner and archive retention when on.
+	leaderOnly together
 }
 
 // newController builds the library's controller around our provisioner, on
@@ -293,15 +298,37 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		return nil, fmt.Errorf("registering core types for Events: %w", err)
 	}
 	broadcaster := record.NewBroadcaster()
+	recorder := broadcaster.NewRecorder(eventScheme, v1.EventSource{Component: "nfs-provisioner"})
 	resizer := resize.New(resize.Config{
 		ProvisionerName: o.ProvisionerName,
 		Client:          client,
 		Claims:          resizeClaims,
 		Classes:         classes.Lister(),
-		Recorder:        broadcaster.NewRecorder(eventScheme, v1.EventSource{Component: "nfs-provisioner"}),
+		Recorder:        recorder,
 		Metrics:         m,
 		Workers:         resizeWorkers,
 	})
+
+	leaderOnly := together{resizer}
+	// Usage scans and archive sizes share one rate of filesystem calls.
+	scanRate := usage.NewRate(o.UsageScanRate)
+	if o.UsageScanInterval > 0 {
+		pvs := volumes.GetIndexer()
+		scanner := usage.New(usage.Config{
+			Export: export,
+			Volumes: func() []usage.Volume {
+				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, o.NFSServer, o.NFSPath)
+			},
+			Interval: o.UsageScanInterval,
+			Wait:     scanRate,
+			Recorder: recorder,
+		})
+		m.Registry.MustRegister(scanner.Collector())
+		leaderOnly = append(leaderOnly, scanner)
+	}
+	remover := retention.New(retention.Config{Archives: prov, Sizes: export, Wait: scanRate, Retention: o.ArchiveRetention})
+	m.Registry.MustRegister(remover.Collector())
+	leaderOnly = append(leaderOnly, remover)
 
 	synced := func() bool {
 		for _, s := range informersSynced {
@@ -312,7 +339,19 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		return true
 	}
 	return &wiring{ctrl: ctrl, factory: factory, synced: synced, gate: g, switched: []*switchedInformer{switchedClaims, switchedVolumes},
-		resize: resizer, resizeClaims: resizeClaims, events: broadcaster}, nil
+		resize: resizer, resizeClaims: resizeClaims, events: broadcaster, leaderOnly: leaderOnly}, nil
+}
+
+// listPVs returns the PVs in the informer's cache.
+func listPVs(store cache.Store) []*v1.PersistentVolume {
+	objs := store.List()
+	out := make([]*v1.PersistentVolume, 0, len(objs))
+	for _, obj := range objs {
+		if pv, ok := obj.(*v1.PersistentVolume); ok {
+			out = append(out, pv)
+		}
+	}
+	return out
 }
 
 // resizeWorkers is the number of claims expanded at once: each expansion is

@@ -128,7 +128,7 @@ func startActing(ctx context.Context, t *testing.T, client *fake.Clientset, root
 	require.True(t, cache.WaitForCacheSync(ctx.Done(), w.synced))
 	w.events.StartRecordingToSink(&corev1client.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	go w.ctrl.Run(runCtx)
-	a := &actor{logger: logger, gate: w.gate, informers: w.switched, incumbent: checker, interval: 10 * time.Millisecond, grace: 5 * time.Second, metrics: m, workers: o.Workers, resize: w.resize}
+	a := &actor{logger: logger, gate: w.gate, informers: w.switched, incumbent: checker, interval: 10 * time.Millisecond, grace: 5 * time.Second, metrics: m, workers: o.Workers, leaderOnly: w.resize}
 	acted := make(chan struct{})
 	go func() {
 		defer close(acted)

@@ -31,9 +31,9 @@ import (
 //
 // Stopping to act closes the gate, disconnects the handlers and waits
 // until the count is zero, so a standby that takes over next never works
-// on a claim or PV this replica is still working on. The resize controller
-// is simpler: it runs only while acting, and stopping it waits for its
-// steps in flight.
+// on a claim or PV this replica is still working on. Volume expansion,
+// usage scans and archive retention are simpler: they run only while
+// acting, and stopping them waits for their steps in flight.
 
 // gate lets operations through while open and tracks them.
 type gate struct {
@@ -284,9 +284,25 @@ type incumbentChecker interface {
 }
 
 // runner is a controller that works until its context ends and returns
-// once its work in flight has; resize.Controller is one.
+// once its work in flight has; resize.Controller, usage.Scanner and
+// retention.Remover are.
 type runner interface {
 	Run(ctx context.Context)
+}
+
+// together runs several runners as one, returning once all have.
+type together []runner
+
+func (t together) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, r := range t {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.Run(ctx)
+		}()
+	}
+	wg.Wait()
 }
 
 // actor lets the controller act while this replica may: it leads (or
@@ -302,11 +318,13 @@ type actor struct {
 	grace   time.Duration
 	metrics *metrics.Metrics
 	workers int
-	// resize, when set, runs exactly while the controller acts.
-	resize runner
-	// stopResize ends that run; resizeDone is closed when it has returned.
-	stopResize context.CancelFunc
-	resizeDone chan struct{}
+	// leaderOnly, when set, runs exactly while the controller acts:
+	// volume expansion, usage scans, archive retention.
+	leaderOnly runner
+	// stopLeaderOnly ends that run; leaderOnlyDone is closed when it has
+	// returned.
+	stopLeaderOnly context.CancelFunc
+	leaderOnlyDone chan struct{}
 }
 
 // act lets the controller act, pausing while an incumbent is active,
@@ -383,16 +401,16 @@ func (a *actor) resume(ctx context.Context) error {
 			return err
 		}
 	}
-	if a.resize != nil {
+	if a.leaderOnly != nil {
 		// Its own context: pausing ends it, and steps in flight finish
 		// unless the Lease is lost (see pause).
 		rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			a.resize.Run(rctx)
+			a.leaderOnly.Run(rctx)
 		}()
-		a.stopResize, a.resizeDone = stop, done
+		a.stopLeaderOnly, a.leaderOnlyDone = stop, done
 	}
 	a.metrics.SetLeader(true)
 	a.logger.Info("Provisioning", "workers", a.workers)
@@ -409,10 +427,10 @@ func (a *actor) pause(ctx context.Context, reason string) {
 		}
 	}
 	a.metrics.SetLeader(false)
-	resizeDone := a.resizeDone
-	if a.stopResize != nil {
-		a.stopResize()
-		a.stopResize, a.resizeDone = nil, nil
+	leaderOnlyDone := a.leaderOnlyDone
+	if a.stopLeaderOnly != nil {
+		a.stopLeaderOnly()
+		a.stopLeaderOnly, a.leaderOnlyDone = nil, nil
 	}
 	if ctx.Err() != nil {
 		// The Lease is lost: no waiting. A resize step still in flight
@@ -429,11 +447,11 @@ func (a *actor) pause(ctx context.Context, reason string) {
 		a.logger.Error(nil, "Operations still running after the shutdown grace period; handing over anyway", "operations", left, "gracePeriod", a.grace)
 		return
 	}
-	if resizeDone != nil {
+	if leaderOnlyDone != nil {
 		select {
-		case <-resizeDone:
+		case <-leaderOnlyDone:
 		case <-wctx.Done():
-			a.logger.Error(nil, "A volume expansion step still running after the shutdown grace period; handing over anyway", "gracePeriod", a.grace)
+			a.logger.Error(nil, "A volume expansion step or a usage scan still running after the shutdown grace period; handing over anyway", "gracePeriod", a.grace)
 			return
 		}
 	}
