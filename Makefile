@@ -50,10 +50,11 @@ release: $(HELM) ## Binaries for linux/amd64 and linux/arm64 plus the packaged c
 ##@ Test
 
 .PHONY: deps
-deps: ## Install what the tests need: Debian packages, the control plane, helm
+deps: ## Install what the tests need: Debian packages, the control plane, helm, promtool
 	test/scripts/install-deps.sh
 	test/scripts/build-controlplane.sh
 	test/scripts/install-helm.sh >/dev/null
+	test/scripts/install-promtool.sh >/dev/null
 
 .PHONY: test
 test: deps verify ## Every test: unit, fuzz (briefly), chart and end-to-end on a real control plane

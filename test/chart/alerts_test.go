@@ -1,0 +1,131 @@
+package chart
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+// promtool builds (once, cached in .cache/bin) and returns promtool.
+var promtool = sync.OnceValues(func() (string, error) {
+	root, err := findRoot()
+	if err != nil {
+		return "", err
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command("bash", filepath.Join(root, "test", "scripts", "install-promtool.sh"))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("install-promtool.sh: %w\n%s", err, stderr.String())
+	}
+	return strings.TrimSpace(lastLine(stdout.String())), nil
+})
+
+func findRoot() (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	return strings.TrimSpace(string(out)), err
+}
+
+// TestAlertRules renders the chart's PrometheusRule, checks it with promtool
+// and runs testdata/alerts_test.yaml against it: each alert fires where it
+// should and stays quiet where it shouldn't. Every alert must have a case.
+func TestAlertRules(t *testing.T) {
+	Helm(t) // skips with -short
+	// Release "nfs-provisioner": the series in the tests have job
+	// "nfs-provisioner", the default selector's job for that release.
+	objs, err := Render(t, RenderOptions{Release: "nfs-provisioner", Set: []string{"nfs.server=nfs.example.com", "metrics.prometheusRule.enabled=true"}})
+	require.NoError(t, err)
+	rule := One(t, objs, "PrometheusRule")
+	spec, ok := rule.Object["spec"]
+	require.True(t, ok)
+	rules, err := yaml.Marshal(spec)
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "rules.yaml"), rules, 0o644))
+	tests, err := os.ReadFile(filepath.Join("testdata", "alerts_test.yaml"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "alerts_test.yaml"), tests, 0o644))
+
+	bin, err := promtool()
+	require.NoError(t, err)
+	for _, args := range [][]string{{"check", "rules", "rules.yaml"}, {"test", "rules", "alerts_test.yaml"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "promtool %s:\n%s", strings.Join(args, " "), out)
+	}
+
+	var defined []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+- alert: (\S+)$`).FindAllStringSubmatch(string(rules), -1) {
+		defined = append(defined, m[1])
+	}
+	var tested []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+alertname: (\S+)$`).FindAllStringSubmatch(string(tests), -1) {
+		if !slices.Contains(tested, m[1]) {
+			tested = append(tested, m[1])
+		}
+	}
+	require.NotEmpty(t, defined)
+	assert.ElementsMatch(t, defined, tested, "alerts defined vs alerts with a promtool test")
+}
+
+// TestMonitoringObjects: the dashboard is valid JSON naming only our
+// metrics, and every object is off by default and takes its labels.
+func TestMonitoringObjects(t *testing.T) {
+	Helm(t)
+	for _, kind := range []string{"PrometheusRule", "ConfigMap"} {
+		assert.Empty(t, OfKind(RenderChart(t, ""), kind), "%s without being asked", kind)
+	}
+	objs := RenderChart(t, "", "metrics.dashboard.enabled=true", "metrics.prometheusRule.enabled=true",
+		"metrics.prometheusRule.labels.release=kps", "metrics.prometheusRule.ruleLabels.team=storage",
+		"metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps")
+	cm := One(t, objs, "ConfigMap")
+	assert.Equal(t, "1", cm.GetLabels()["grafana_dashboard"])
+	data, _, err := unstructured.NestedString(cm.Object, "data", "nfs-provisioner.json")
+	require.NoError(t, err)
+	known := knownMetrics(t)
+	var dash map[string]any
+	require.NoError(t, yaml.Unmarshal([]byte(data), &dash), "dashboard JSON")
+	assert.Equal(t, "NFS provisioner", dash["title"])
+	for _, m := range regexp.MustCompile(`\b(nfs_provisioner_[a-z_]+)`).FindAllStringSubmatch(data, -1) {
+		assert.Contains(t, known, strings.TrimSuffix(m[1], "_bucket"), "dashboard metric")
+	}
+	pr := One(t, objs, "PrometheusRule")
+	assert.Equal(t, "kps", pr.GetLabels()["release"])
+	rules, err := yaml.Marshal(pr.Object["spec"])
+	require.NoError(t, err)
+	assert.Equal(t, 7, strings.Count(string(rules), "team: storage"), "ruleLabels on every alert")
+	for _, m := range regexp.MustCompile(`\b(nfs_provisioner_[a-z_]+)`).FindAllStringSubmatch(string(rules), -1) {
+		assert.Contains(t, known, m[1], "alert metric")
+	}
+	sm := One(t, objs, "ServiceMonitor")
+	assert.Equal(t, "kps", sm.GetLabels()["release"])
+	endpoints, _ := sm.Object["spec"].(map[string]any)["endpoints"].([]any)
+	require.Len(t, endpoints, 1)
+	assert.Equal(t, true, endpoints[0].(map[string]any)["honorLabels"], "the claims' namespace label survives the scrape")
+}
+
+// knownMetrics are the series the binary serves (README's metrics table,
+// pinned against the registry by cmd/nfs-provisioner's docs test).
+func knownMetrics(t *testing.T) []string {
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
+	var out []string
+	for _, m := range regexp.MustCompile("`(nfs_provisioner_[a-z_]+)").FindAllStringSubmatch(string(data), -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
