@@ -12,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
@@ -406,4 +408,25 @@ func TestIncumbentVolumesGuardTheirDirectories(t *testing.T) {
 	require.NoError(t, e.volumes.Add(incumbentPV(testServer, "/srv/nfs/ns/data", "old")))
 	_, err := e.provision(t, class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"}), claim("ns", "data", "u1"))
 	require.ErrorContains(t, err, `directory "ns/data" is already used by PersistentVolume "pvc-old"`)
+}
+
+// TestDeletingDataIsLoggedAtInfo: removing, archiving or keeping a tenant's
+// data is logged at the default verbosity, with the PV and the directory.
+func TestDeletingDataIsLoggedAtInfo(t *testing.T) {
+	t.Parallel()
+	for policy, msg := range map[string]string{"delete": "Deleted directory", "archive": "Archived directory", "retain": "Retained directory"} {
+		e := newEnv(t, testPath)
+		pv, err := e.provision(t, class("nfs", map[string]string{"onDelete": policy}), claim("ns", "data", "u1"))
+		require.NoError(t, err)
+		logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(0), ktesting.BufferLogs(true)))
+		require.NoError(t, e.p.Delete(klog.NewContext(context.Background(), logger), pv))
+		var found bool
+		for _, entry := range logger.GetSink().(ktesting.Underlier).GetBuffer().Data() {
+			if entry.Message == msg && entry.Verbosity == 0 {
+				found = true
+				assert.Contains(t, fmt.Sprint(entry.WithKVList), pv.Name, policy)
+			}
+		}
+		assert.True(t, found, "%s: no %q at verbosity 0", policy, msg)
+	}
 }
