@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -770,4 +771,34 @@ func TestLongPathsMakeShortMessages(t *testing.T) {
 	require.ErrorIs(t, err, fs.ErrExist)
 	assert.Less(t, len(err.Error()), 1024, "message of %d bytes for a %d-byte path", len(err.Error()), len(rel))
 	assert.Contains(t, err.Error(), "...")
+}
+
+// TestMkdirAllAdoptsFreshEmpty: with EmptySince, an empty directory that
+// changed since then is adopted; one holding anything, or older, is not.
+func TestMkdirAllAdoptsFreshEmpty(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	require.NoError(t, os.Mkdir(e.in("old"), 0o700))
+	since := time.Now().Add(time.Second) // after "old" changed, to the second
+	time.Sleep(1100 * time.Millisecond)
+	require.NoError(t, os.Mkdir(e.in("fresh"), 0o700))
+	require.NoError(t, os.Mkdir(e.in("full"), 0o700))
+	require.NoError(t, os.WriteFile(e.in("full/f"), nil, 0o600))
+	opts := DirOptions{Mode: 0o755}
+
+	made, err := e.fs.MkdirAll(context.Background(), "fresh", opts, Existing{EmptySince: since})
+	require.NoError(t, err)
+	assert.False(t, made.Created)
+	info, err := os.Stat(e.in("fresh"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o755), info.Mode().Perm())
+	for _, dir := range []string{"old", "full"} {
+		_, err := e.fs.MkdirAll(context.Background(), dir, opts, Existing{EmptySince: since})
+		require.ErrorIs(t, err, fs.ErrExist, dir)
+		info, err := os.Stat(e.in(dir))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o700), info.Mode().Perm(), "%s left alone", dir)
+	}
+	_, err = e.fs.MkdirAll(context.Background(), "fresh", opts, Existing{})
+	require.ErrorIs(t, err, fs.ErrExist, "without EmptySince")
 }

@@ -8,6 +8,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,12 @@ type Existing struct {
 	// Ino, when not zero, adopts only the directory with this inode number
 	// (the one created earlier for the same volume).
 	Ino uint64
+	// EmptySince, when set, adopts a directory that is empty and whose
+	// status changed at or after it: the one an earlier attempt created
+	// just before the process stopped, before it could record its inode.
+	// Empty, it holds no one's data; changed after the attempt began, it
+	// isn't an older directory someone else made.
+	EmptySince time.Time
 }
 
 // Made is what MkdirAll did.
@@ -223,7 +230,7 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 			made.Parents = append(late.Parents, made.Parents...)
 		}
 	}
-	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) {
+	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) && !freshAndEmpty(cur, &st, existing.EmptySince) {
 		return fmt.Errorf("%s already exists and is not the directory made for this volume; its mode, owner and contents were left alone: %w", leaf, fs.ErrExist)
 	}
 	if uid >= 0 || gid >= 0 {
@@ -245,6 +252,27 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 		return fmt.Errorf("set mode %04o on %s: the export applied %04o instead; the NFS server may drop setgid/setuid bits or map owners, check its export options", mode, leaf, got)
 	}
 	return nil
+}
+
+// freshAndEmpty tells whether the open directory fd, whose status is st,
+// holds nothing and changed at or after since (zero: never).
+func freshAndEmpty(fd int, st *unix.Stat_t, since time.Time) bool {
+	if since.IsZero() || time.Unix(st.Ctim.Unix()).Before(since.Truncate(time.Second)) {
+		return false
+	}
+	buf := make([]byte, 512)
+	for {
+		n, err := getdents(fd, buf)
+		if err != nil {
+			return false
+		}
+		if n == 0 {
+			return true
+		}
+		if _, _, _, ok := nextDirent(buf, 0, n); ok {
+			return false
+		}
+	}
 }
 
 // Rmdir removes the directory rel if it is empty. A directory that is not

@@ -101,7 +101,10 @@ func ownership(led *ledger.Ledger, rel, pvName, namespace string, cls params.Cla
 		case r.Kind == ledger.Volume && r.PV == pvName:
 			pl.intent = false
 			if r.Ino == 0 {
+				// Recorded as about to be made, not as made: an empty
+				// directory made since is the one the stopped attempt made.
 				pl.ambiguous = true
+				pl.existing.EmptySince = r.Time
 			} else {
 				pl.existing.Ino = r.Ino
 			}
@@ -134,7 +137,7 @@ func ownership(led *ledger.Ledger, rel, pvName, namespace string, cls params.Cla
 // existingRefusal explains why MkdirAll left an existing directory alone.
 func existingRefusal(rel, pvName string, pl plan, err error) error {
 	if pl.ambiguous {
-		return refusal{fmt.Errorf("directory %.128q exists, but the provisioner stopped between recording that it would create it for PersistentVolume %q and recording that it did, so it can't tell it from a directory someone else made; if it is empty or holds only this claim's data, remove it on the export and the claim is retried: %w", rel, pvName, err)}
+		return refusal{fmt.Errorf("directory %.128q exists, but the provisioner stopped between recording that it would create it for PersistentVolume %q and recording that it did, and the directory is not empty or is older than that record, so it can't tell it from a directory someone else made; if it holds only this claim's data, remove it on the export and the claim is retried: %w", rel, pvName, err)}
 	}
 	return refusal{fmt.Errorf("directory %.128q already exists and was not made for this claim, so it is not handed over and its mode and owner are left alone: give the claim another directory, move the existing one aside, or, if an admin means claims of this class to take over existing directories, recreate the class with reuseExistingDirectory: \"true\": %w", rel, err)}
 }

@@ -247,7 +247,7 @@ func (p *Provisioner) makeDir(ctx context.Context, rel string, c claimRef, cls p
 	if err != nil {
 		return err
 	}
-	intent := ledger.Record{Kind: ledger.Volume, Dir: rel, PV: pvName, NS: c.namespace}
+	intent := ledger.Record{Kind: ledger.Volume, Dir: rel, PV: pvName, NS: c.namespace, Time: p.cfg.Now().UTC()}
 	if pl.intent {
 		// Before creating it, so that a crash in between can't leave a
 		// directory of ours looking like someone else's.

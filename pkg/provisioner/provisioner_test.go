@@ -422,6 +422,33 @@ func TestProvisionRefusesAmbiguousDirectory(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// TestProvisionAdoptsWhatAStoppedAttemptMade: the process was killed after
+// recording that it would create the directory (at a time) and creating it,
+// before recording that it did. The retry, in a new process, takes the
+// directory if it is empty and made since; one holding data stays refused.
+func TestProvisionAdoptsWhatAStoppedAttemptMade(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	led, err := e.p.ledger(context.Background())
+	require.NoError(t, err)
+	// The test clock's "now" is before the directories below are made.
+	at := e.p.cfg.Now()
+	for _, c := range []string{"c", "d"} {
+		require.NoError(t, led.Append(context.Background(), ledger.Record{Kind: ledger.Volume, Dir: "ns-" + c + "-pvc-u" + c, PV: "pvc-u" + c, NS: "ns", Time: at}))
+		require.NoError(t, os.Mkdir(filepath.Join(e.root, "ns-"+c+"-pvc-u"+c), 0o700))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "ns-d-pvc-ud", "data"), []byte("x"), 0o600))
+	e.restart()
+
+	pv, err := e.provision(t, class("nfs", nil), claim("ns", "c", "uc"))
+	require.NoError(t, err, "the empty directory the stopped attempt made")
+	info, err := os.Stat(filepath.Join(e.root, pv.Annotations[AnnDirectory]))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o777), info.Mode().Perm(), "given the class's mode")
+	_, err = e.provision(t, class("nfs", nil), claim("ns", "d", "ud"))
+	require.ErrorContains(t, err, "is not empty or is older than that record")
+}
+
 func TestProvisionUnwritableExport(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testPath)
