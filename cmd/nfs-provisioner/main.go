@@ -35,6 +35,9 @@ func newFlagSet(opts *config.Options, stderr io.Writer) (fs *flag.FlagSet, showV
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "report" {
+		return runReport(args[1:], stdout, stderr)
+	}
 	var opts config.Options
 	fs, showVersion := newFlagSet(&opts, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -43,10 +46,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	// There are no subcommands: a word like "report" would otherwise be
+	// The one subcommand is first; any other word would otherwise be
 	// ignored, and the flags after it with it, and the server would start.
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "nfs-provisioner: unexpected argument %q: this command takes flags only (--help lists them)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "nfs-provisioner: unexpected argument %q: this command takes flags, or report as its first argument (--help lists them)\n", fs.Arg(0))
 		return 2
 	}
 	if *showVersion {

@@ -15,9 +15,9 @@ func TestRunRejectsArguments(t *testing.T) {
 		args []string
 		want string
 	}{
-		"subcommand":              {args: []string{"report"}, want: `unexpected argument "report"`},
-		"flags after an argument": {args: []string{"--nfs-server=x", "report", "--workers=2"}, want: `unexpected argument "report"`},
-		"stray word":              {args: []string{"--version", "now"}, want: `unexpected argument "now"`},
+		"unknown subcommand":            {args: []string{"status"}, want: `unexpected argument "status"`},
+		"report only as the first word": {args: []string{"--nfs-server=x", "report", "--workers=2"}, want: `unexpected argument "report"`},
+		"stray word":                    {args: []string{"--version", "now"}, want: `unexpected argument "now"`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -25,9 +25,25 @@ func TestRunRejectsArguments(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			assert.Equal(t, 2, run(tc.args, &stdout, &stderr))
 			assert.Contains(t, stderr.String(), tc.want)
-			assert.Contains(t, stderr.String(), "this command takes flags only")
+			assert.Contains(t, stderr.String(), "this command takes flags, or report as its first argument")
 			assert.Empty(t, stdout.String())
 		})
+	}
+}
+
+func TestReportArguments(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"bad format":      {[]string{"report", "-o", "yaml", "--provisioner-name=p", "--nfs-server=s", "--nfs-path=/x"}, `-o "yaml": use table or json`},
+		"stray word":      {[]string{"report", "now"}, `unexpected argument "now"`},
+		"missing setting": {[]string{"report"}, "--provisioner-name (or PROVISIONER_NAME) is required"},
+	} {
+		var stdout, stderr bytes.Buffer
+		assert.Equal(t, 2, runReport(tc.args[1:], &stdout, &stderr), name)
+		assert.Contains(t, stderr.String(), tc.want, name)
 	}
 }
 

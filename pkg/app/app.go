@@ -366,6 +366,20 @@ const defaultGCPercent = 50
 // hung export fails the probe with a 503 saying why rather than a timeout.
 const readyTimeout = 4 * time.Second
 
+// NewClient is an API client with the process's settings, for the report
+// command.
+func NewClient(o config.Options) (kubernetes.Interface, error) {
+	cfg, err := restConfig(o)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the API client: %w", err)
+	}
+	return client, nil
+}
+
 func restConfig(o config.Options) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error

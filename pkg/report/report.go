@@ -1,0 +1,243 @@
+// Package report classifies what an export holds against the cluster's
+// PersistentVolumes and the provisioner's ledger, for `nfs-provisioner
+// report`: which directories are live volumes, archives, orphans nobody
+// uses, and which volumes' directories are missing. It only reads.
+package report
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/pager"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
+	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
+)
+
+// State is what a directory is.
+type State string
+
+// The states.
+const (
+	Live     State = "live"     // a PV's directory
+	Archived State = "archived" // an archive the ledger records
+	Orphan   State = "orphan"   // no PV uses it, and it is no archive of ours
+	Missing  State = "missing"  // a PV's directory that isn't there
+)
+
+// Entry is one classified directory.
+type Entry struct {
+	Export           string `json:"export"`
+	Directory        string `json:"directory"`
+	State            State  `json:"state"`
+	Bytes            *int64 `json:"bytes,omitempty"`
+	PersistentVolume string `json:"persistentVolume,omitempty"`
+	Claim            string `json:"claim,omitempty"`
+	Age              string `json:"age,omitempty"`
+	Note             string `json:"note,omitempty"`
+}
+
+// Export is the read access the report needs; os.DirFS of the mount is one.
+type Export interface {
+	fs.ReadDirFS
+}
+
+// Input is what one report looks at.
+type Input struct {
+	Name       string // the export's name, "default" for NFS_SERVER/NFS_PATH
+	ExportPath string // NFS_PATH: PVs below it are on this export
+	Export     Export
+	PVs        []v1.PersistentVolume
+	Ledger     *ledger.Ledger
+	Now        time.Time
+}
+
+// maxDepth bounds the descent into directories holding volumes further down.
+const maxDepth = volpath.MaxDepth
+
+// Classify lists every directory at the top of the export, or, for a
+// directory that holds volumes further down (a nested pathPattern's
+// parents), the ones inside it, and the PVs whose directory is missing.
+func Classify(ctx context.Context, in Input) ([]Entry, error) {
+	vols := map[string]*v1.PersistentVolume{}
+	above := map[string]bool{} // directories holding a volume further down
+	for i := range in.PVs {
+		pv := &in.PVs[i]
+		if pv.Spec.NFS == nil {
+			continue
+		}
+		dir, err := volpath.FromNFSPath(in.ExportPath, pv.Spec.NFS.Path)
+		if err != nil || dir == "" {
+			continue
+		}
+		vols[dir] = pv
+		for _, a := range volpath.Ancestors(dir) {
+			above[a] = true
+		}
+	}
+	archives := map[string]ledger.Record{}
+	retained := map[string]ledger.Record{}
+	if in.Ledger != nil {
+		for _, r := range in.Ledger.Of(ledger.Archive) {
+			archives[r.Dir] = r
+		}
+		for _, r := range in.Ledger.Of(ledger.Retained) {
+			retained[r.Dir] = r
+		}
+	}
+
+	var out []Entry
+	seen := map[string]bool{}
+	var walk func(dir string, depth int) error
+	walk = func(dir string, depth int) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		name := dir
+		if name == "" {
+			name = "."
+		}
+		entries, err := in.Export.ReadDir(name)
+		if err != nil {
+			return fmt.Errorf("reading %q on export %s: %w", name, in.Name, err)
+		}
+		for _, de := range entries {
+			rel := path.Join(dir, de.Name())
+			if dir == "" && (strings.HasPrefix(de.Name(), ".") || de.Name() == "lost+found") {
+				continue // the provisioner's records, probes, the filesystem's own
+			}
+			seen[rel] = true
+			e := Entry{Export: in.Name, Directory: rel}
+			switch {
+			case vols[rel] != nil:
+				pv := vols[rel]
+				e.State, e.PersistentVolume, e.Claim = Live, pv.Name, claimOf(pv)
+			case above[rel] && de.IsDir() && depth < maxDepth:
+				// Only real directories, never a link, are entered.
+				if err := walk(rel, depth+1); err != nil {
+					return err
+				}
+				continue
+			case archives[rel].Dir != "":
+				r := archives[rel]
+				e.State, e.PersistentVolume = Archived, r.PV
+				e.Age = in.Now.Sub(r.Time).Round(time.Second).String()
+			default:
+				e.State = Orphan
+				if r, ok := retained[rel]; ok {
+					e.PersistentVolume, e.Note = r.PV, "retained when its PersistentVolume was deleted"
+				} else if _, _, ok := volpath.ParseArchiveName(de.Name()); ok {
+					e.Note = "named like an archive, but the ledger has no record of it"
+				} else if !de.IsDir() {
+					e.Note = "not a directory"
+				}
+			}
+			out = append(out, e)
+		}
+		return nil
+	}
+	if err := walk("", 0); err != nil {
+		return nil, err
+	}
+	for dir, pv := range vols {
+		if !seen[dir] {
+			out = append(out, Entry{Export: in.Name, Directory: dir, State: Missing, PersistentVolume: pv.Name, Claim: claimOf(pv)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Directory < out[j].Directory })
+	return out, nil
+}
+
+func claimOf(pv *v1.PersistentVolume) string {
+	if ref := pv.Spec.ClaimRef; ref != nil {
+		return ref.Namespace + "/" + ref.Name
+	}
+	return ""
+}
+
+// Problems counts the orphans and missing directories, which the command's
+// exit code reports.
+func Problems(entries []Entry) int {
+	n := 0
+	for _, e := range entries {
+		if e.State == Orphan || e.State == Missing {
+			n++
+		}
+	}
+	return n
+}
+
+// Write prints entries as a table, or as JSON when format is "json".
+func Write(w io.Writer, format string, entries []Entry) error {
+	switch format {
+	case "json":
+		if entries == nil {
+			entries = []Entry{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(entries)
+	case "", "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "EXPORT\tDIRECTORY\tSTATE\tPV\tCLAIM\tAGE\tNOTE")
+		for _, e := range entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Export, e.Directory, e.State, dash(e.PersistentVolume), dash(e.Claim), dash(e.Age), e.Note)
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("unknown output format %q: use table or json", format)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Config is what Run needs to report on one export.
+type Config struct {
+	Client     kubernetes.Interface
+	Name       string
+	ExportDir  string // where the export is mounted here
+	ExportPath string // NFS_PATH
+	// Timeout bounds each filesystem call (the ledger's read).
+	Timeout time.Duration
+}
+
+// Run lists the cluster's PersistentVolumes (in pages), reads the ledger and
+// classifies the export.
+func Run(ctx context.Context, cfg Config) ([]Entry, error) {
+	var pvs []v1.PersistentVolume
+	err := pager.New(func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+		return cfg.Client.CoreV1().PersistentVolumes().List(ctx, opts)
+	}).EachListItem(ctx, metav1.ListOptions{}, func(obj runtime.Object) error {
+		pvs = append(pvs, *obj.(*v1.PersistentVolume))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing PersistentVolumes: %w", err)
+	}
+	led, err := ledger.Open(ctx, exportfs.New(cfg.ExportDir, cfg.Timeout))
+	if err != nil {
+		return nil, err
+	}
+	return Classify(ctx, Input{
+		Name: cfg.Name, ExportPath: cfg.ExportPath, Export: os.DirFS(cfg.ExportDir).(Export),
+		PVs: pvs, Ledger: led, Now: time.Now(),
+	})
+}
