@@ -215,3 +215,43 @@ func TestResizeInfeasibleThenLowered(t *testing.T) {
 	e.requestSize("team-a", "data", "4Gi")
 	e.assertResized(e.waitCapacity("team-a", "data", "4Gi", 30*time.Second), "4Gi")
 }
+
+// TestResizeGatedLikeProvisioning: no resize while a live incumbent record
+// pauses the leader; after a graceful handover the new leader resizes.
+func TestResizeGatedLikeProvisioning(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.namespace("team-a")
+	e.class("nfs", nil, allowExpansion)
+	r1 := e.startElectionReplica()
+	e.waitLeaseHolder(r1.id, 30*time.Second)
+	e.claim("team-a", "data", "nfs")
+	e.waitBound("team-a", "data", 30*time.Second)
+
+	inc := &fakeIncumbent{e: e, holder: "nfs-client-provisioner-6d8f9_0b1c2d3e"}
+	inc.renew()
+	require.NoError(t, wait.PollUntilContextTimeout(e.ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return gaugeOf(ctx, r1.p, "nfs_provisioner_waiting_for_incumbent") == 1 && electionLeaderMetricValue(ctx, r1.p) == 0, nil
+	}), "not paused for the incumbent")
+	e.requestSize("team-a", "data", "5Gi")
+	inc.leadFor(4*time.Second, func() {
+		t.Helper()
+		pvc, err := e.client.CoreV1().PersistentVolumeClaims("team-a").Get(e.ctx, "data", metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, "1Gi", pvc.Status.Capacity.Storage().String(), "resized while the incumbent leads")
+		assert.NotContains(t, pvc.Status.AllocatedResourceStatuses, v1.ResourceStorage, "resize started while the incumbent leads")
+	})
+	stopped := inc.lastWrite
+	e.assertResized(e.waitCapacity("team-a", "data", "5Gi", 30*time.Second), "5Gi")
+	t.Logf("resized %s after the incumbent's last renewal (lease %s)", time.Since(stopped).Round(time.Millisecond), incumbentLease)
+
+	// Graceful handover: the standby takes over and resizes.
+	r2 := e.startElectionReplica()
+	e.waitStandingBy(r2, r1, 30*time.Second)
+	r1.p.Terminate(10 * time.Second)
+	e.waitLeaseHolder(r2.id, 30*time.Second)
+	start := time.Now()
+	e.requestSize("team-a", "data", "8Gi")
+	e.assertResized(e.waitCapacity("team-a", "data", "8Gi", 30*time.Second), "8Gi")
+	t.Logf("after the handover, patch to status.capacity updated: %s", time.Since(start).Round(time.Millisecond))
+	assert.Contains(t, r2.p.Log(), "Volume expanded")
+}
