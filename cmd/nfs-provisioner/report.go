@@ -13,6 +13,7 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/app"
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/report"
+	"github.com/kube-nfs/nfs-provisioner/pkg/usage"
 )
 
 // Exit codes of the report: found orphans or missing directories.
@@ -26,6 +27,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	opts.Bind(fs)
 	format := fs.String("o", "table", "Output format: table or json.")
+	bytes := fs.Bool("bytes", false, "Also measure every directory listed, as the usage scanner does, within --usage-scan-rate.")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: nfs-provisioner report [-o table|json] [flags]")
 		fmt.Fprintln(stderr, "Classifies every directory of the export against the cluster's PersistentVolumes: live, archived, orphan, missing. Only reads. Exit code 3 when it finds orphans or missing directories.")
@@ -60,7 +62,10 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
 		return 1
 	}
-	entries, err := report.Run(ctx, report.Config{Client: client, Name: "default", ExportDir: opts.ExportDir, ExportPath: opts.NFSPath, Timeout: opts.FSTimeout})
+	entries, err := report.Run(ctx, report.Config{
+		Client: client, Name: "default", ExportDir: opts.ExportDir, ExportPath: opts.NFSPath, Timeout: opts.FSTimeout,
+		Bytes: *bytes, Wait: usage.NewRate(opts.UsageScanRate),
+	})
 	if err != nil {
 		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
 		return 1

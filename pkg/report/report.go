@@ -193,9 +193,13 @@ func Write(w io.Writer, format string, entries []Entry) error {
 		return enc.Encode(entries)
 	case "", "table":
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "EXPORT\tDIRECTORY\tSTATE\tPV\tCLAIM\tAGE\tNOTE")
+		fmt.Fprintln(tw, "EXPORT\tDIRECTORY\tSTATE\tBYTES\tPV\tCLAIM\tAGE\tNOTE")
 		for _, e := range entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Export, e.Directory, e.State, dash(e.PersistentVolume), dash(e.Claim), dash(e.Age), e.Note)
+			size := "-"
+			if e.Bytes != nil {
+				size = fmt.Sprint(*e.Bytes)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Export, e.Directory, e.State, size, dash(e.PersistentVolume), dash(e.Claim), dash(e.Age), e.Note)
 		}
 		return tw.Flush()
 	}
@@ -217,6 +221,10 @@ type Config struct {
 	ExportPath string // NFS_PATH
 	// Timeout bounds each filesystem call (the ledger's read).
 	Timeout time.Duration
+	// Bytes, when set, measures every directory listed (but missing ones),
+	// as the usage scanner does, its calls held to Wait's rate.
+	Bytes bool
+	Wait  func(ctx context.Context) error
 }
 
 // Run lists the cluster's PersistentVolumes (in pages), reads the ledger and
@@ -232,12 +240,29 @@ func Run(ctx context.Context, cfg Config) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing PersistentVolumes: %w", err)
 	}
-	led, err := ledger.Open(ctx, exportfs.New(cfg.ExportDir, cfg.Timeout))
+	export := exportfs.New(cfg.ExportDir, cfg.Timeout)
+	led, err := ledger.Open(ctx, export)
 	if err != nil {
 		return nil, err
 	}
-	return Classify(ctx, Input{
+	entries, err := Classify(ctx, Input{
 		Name: cfg.Name, ExportPath: cfg.ExportPath, Export: os.DirFS(cfg.ExportDir).(Export),
 		PVs: pvs, Ledger: led, Now: time.Now(),
 	})
+	if err != nil || !cfg.Bytes {
+		return entries, err
+	}
+	for i := range entries {
+		if entries[i].State == Missing {
+			continue
+		}
+		t, err := export.Scan(ctx, entries[i].Directory, exportfs.ScanOptions{Wait: cfg.Wait})
+		if err != nil {
+			entries[i].Note = strings.TrimPrefix(entries[i].Note+"; ", "; ") + "size unknown: " + err.Error()
+			continue
+		}
+		b := int64(t.Bytes)
+		entries[i].Bytes = &b
+	}
+	return entries, nil
 }

@@ -43,7 +43,8 @@ func TestReport(t *testing.T) {
 	lostDir := ns + "-lost-" + lost.Name
 	require.NoError(t, os.RemoveAll(filepath.Join(e.exportDir, lostDir)))
 
-	cmd := exec.CommandContext(e.ctx, e.bin, "report", "-o", "json", "--export-dir="+e.exportDir)
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, ns+"-live-"+live.Name, "data"), make([]byte, 100<<10), 0o644))
+	cmd := exec.CommandContext(e.ctx, e.bin, "report", "-o", "json", "--bytes", "--export-dir="+e.exportDir)
 	cmd.Env = append(os.Environ(), "PROVISIONER_NAME="+provisionerName, "NFS_SERVER="+e.nfs.Server, "NFS_PATH="+e.nfs.ExportPath, "KUBECONFIG="+e.kubeconfig)
 	start := time.Now()
 	out, err := cmd.Output()
@@ -62,6 +63,8 @@ func TestReport(t *testing.T) {
 	state := func(dir string) any { return byDir[dir]["state"] }
 	assert.Equal(t, "live", state(ns+"-live-"+live.Name))
 	assert.Equal(t, ns+"/live", byDir[ns+"-live-"+live.Name]["claim"])
+	assert.Equal(t, duBytes(t, filepath.Join(e.exportDir, ns+"-live-"+live.Name)), byDir[ns+"-live-"+live.Name]["bytes"], "bytes as du -sxB1 counts them")
+	assert.NotContains(t, byDir[lostDir], "bytes", "nothing to measure")
 	assert.Equal(t, "archived", state(archive[0]))
 	assert.Equal(t, gone.Name, byDir[archive[0]]["persistentVolume"])
 	assert.NotEmpty(t, byDir[archive[0]]["age"])
@@ -69,5 +72,10 @@ func TestReport(t *testing.T) {
 	assert.Equal(t, "retained when its PersistentVolume was deleted", byDir[ns+"-kept-"+kept.Name]["note"])
 	assert.Equal(t, "orphan", state("stray"))
 	assert.Equal(t, "missing", state(lostDir))
+	for dir, en := range byDir {
+		if dir != lostDir {
+			assert.Contains(t, en, "bytes", dir)
+		}
+	}
 	assert.Len(t, entries, 5)
 }
