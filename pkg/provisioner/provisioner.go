@@ -140,10 +140,21 @@ func outcome(err error) string {
 // Provision creates the claim's directory and returns its PV. Every error is
 // final for this attempt (ProvisioningFinished): nothing runs on in the
 // background, and the library retries with back-off, emitting an Event each
-// time.
+// time. A claim to be filled by a volume populator is ignored (see
+// checkDataSource).
 func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
 	start := time.Now()
-	pv, err := p.provision(ctx, opts)
+	err := checkDataSource(opts.PVC)
+	var ignored *controller.IgnoredError
+	if errors.As(err, &ignored) {
+		// Not an operation of ours: not counted, and no Event.
+		klog.FromContext(ctx).V(2).Info("Leaving the claim to a volume populator", "PVC", klog.KObj(opts.PVC), "reason", ignored.Reason)
+		return nil, controller.ProvisioningFinished, err
+	}
+	var pv *v1.PersistentVolume
+	if err == nil {
+		pv, err = p.provision(ctx, opts)
+	}
 	p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), time.Since(start))
 	logFailure(ctx, err, "Provisioning failed", "PVC", klog.KObj(opts.PVC))
 	return pv, controller.ProvisioningFinished, err
