@@ -33,6 +33,10 @@ import (
 // until the count is zero, so a standby that takes over next never works
 // on a claim or PV this replica is still working on.
 
+// cloneCanceller is what pause needs of a provisioner that copies in the
+// background.
+type cloneCanceller interface{ CancelClones(ctx context.Context) }
+
 // gate lets operations through while open and tracks them.
 type gate struct {
 	inner  controller.Provisioner
@@ -386,6 +390,13 @@ func (a *actor) pause(ctx context.Context, reason string) {
 		return
 	}
 	started := time.Now()
+	if c, ok := a.gate.inner.(cloneCanceller); ok {
+		// A copy runs past its Provision call: stop it, and let it clean
+		// up, so the next leader clones from the start.
+		cctx, cancel := context.WithTimeout(ctx, a.grace)
+		c.CancelClones(cctx)
+		cancel()
+	}
 	n := a.gate.inFlight()
 	a.logger.Info("Stopped provisioning; waiting for operations in flight", "reason", reason, "operations", n, "gracePeriod", a.grace)
 	wctx, cancel := context.WithTimeout(ctx, a.grace)

@@ -55,8 +55,9 @@ func dataSource(claim *v1.PersistentVolumeClaim) (v1.TypedObjectReference, sourc
 }
 
 // checkDataSource decides, before anything is created, about a claim that
-// asks to be filled with data: a snapshot or a clone is refused (an empty
-// volume in their place would be silently wrong) and a populator's claim is
+// asks to be filled with data: a snapshot, or a clone when cloning is off
+// (Config.Clone nil), is refused (an empty volume in their place would be
+// silently wrong) and a populator's claim is
 // ignored, as CSI external-provisioner does, so the library leaves it to the
 // populator. The IgnoredError is returned bare: the library recognises it
 // by type assertion, not errors.As.
@@ -64,7 +65,7 @@ func checkDataSource(claim *v1.PersistentVolumeClaim) error {
 	ref, kind := dataSource(claim)
 	switch kind {
 	case sourceSnapshot:
-		return refuse("claim's data source is VolumeSnapshot %.128q, but NFS subdirectories have no snapshots: clone from a PersistentVolumeClaim instead once this provisioner supports it, or restore the data with a backup tool into a claim without spec.dataSource and spec.dataSourceRef", ref.Name)
+		return refuse("claim's data source is VolumeSnapshot %.128q, but NFS subdirectories have no snapshots: clone the PersistentVolumeClaim itself instead (spec.dataSource kind PersistentVolumeClaim), or restore the data with a backup tool into a claim without spec.dataSource and spec.dataSourceRef", ref.Name)
 	case sourceClaim:
 		return refuse("claim's data source is PersistentVolumeClaim %.128q, but this provisioner can't clone volumes yet and won't hand out an empty volume in its place: remove spec.dataSource and spec.dataSourceRef and copy the data into the new claim yourself, for example from a pod mounting both claims", ref.Name)
 	case sourcePopulator:

@@ -245,9 +245,10 @@ func TestRBAC(t *testing.T) {
 				// Informers list and watch; the library creates PVs and
 				// deletes released ones, updates a WaitForFirstConsumer
 				// claim to reschedule it, and reads nodes and classes from
-				// the informers' caches (never get).
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"list", "watch", "create", "delete"}},
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"list", "watch", "update"}},
+				// the informers' caches (never get). A clone gets its
+				// source claim and PV and patches the claim's finalizers.
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"get", "list", "watch", "create", "delete"}},
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
 				{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: []string{"list", "watch"}},
 				{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
 				// client-go's event recorder: create, and patch a repeat.

@@ -3,36 +3,80 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// TestCloneSourcesRefusedNeverEmpty: until cloning is supported, a claim
-// asking for a copy of another claim, or for a snapshot, stays Pending with
-// a Warning Event saying why, and gets no directory (never an empty
-// volume); a claim left to a volume populator gets no Warning and no
-// directory either.
-func TestCloneSourcesRefusedNeverEmpty(t *testing.T) {
+// TestCloneCopiesAClaim: a claim whose data source is another claim of
+// the namespace gets a copy of its data, through NFS as a pod would see it;
+// the source is protected by a finalizer only during the copy. A clone
+// smaller than its source stays Pending with a Warning; a claim asking for
+// a snapshot too; a claim left to a volume populator gets no Warning. None
+// of them gets a directory.
+func TestCloneCopiesAClaim(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	p := e.startProvisioner()
 	const ns = "team-a"
 	e.namespace(ns)
-	e.class("nfs", nil)
+	e.class("nfs", map[string]string{"mode": "0770"})
 	e.claim(ns, "src", "nfs")
 	_, srcPV := e.waitBound(ns, "src", 30*time.Second)
-	srcDir := ns + "-src-" + srcPV.Name
-	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, srcDir, "data"), []byte("to be cloned"), 0o644))
-	before := e.exportEntries()
+	srcDir := filepath.Join(e.exportDir, ns+"-src-"+srcPV.Name)
+	require.NoError(t, os.WriteFile(filepath.Join(srcDir, "data"), []byte("to be cloned"), 0o640))
+	require.NoError(t, os.MkdirAll(filepath.Join(srcDir, "sub", "deeper"), 0o750))
+	require.NoError(t, os.WriteFile(filepath.Join(srcDir, "sub", "deeper", "big"), make([]byte, 8<<20), 0o600))
+	require.NoError(t, os.Chown(filepath.Join(srcDir, "data"), 1234, 5678))
+	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(srcDir, "sub", "link")))
+	require.NoError(t, os.Link(filepath.Join(srcDir, "data"), filepath.Join(srcDir, "sub", "hardlink")))
 
-	snapGroup := "snapshot.storage.k8s.io"
-	popGroup := "hello.example.com"
 	e.claim(ns, "clone", "nfs", func(c *v1.PersistentVolumeClaim) {
 		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
+	})
+	_, pv := e.waitBound(ns, "clone", 60*time.Second)
+	dir := ns + "-clone-" + pv.Name
+	dst := filepath.Join(e.exportDir, dir)
+	b, err := os.ReadFile(filepath.Join(dst, "data"))
+	require.NoError(t, err)
+	assert.Equal(t, "to be cloned", string(b))
+	var st, hl syscall.Stat_t
+	require.NoError(t, syscall.Lstat(filepath.Join(dst, "data"), &st))
+	assert.Equal(t, uint32(1234), st.Uid)
+	assert.Equal(t, uint32(5678), st.Gid)
+	assert.Equal(t, uint32(0o640), st.Mode&0o7777)
+	require.NoError(t, syscall.Lstat(filepath.Join(dst, "sub", "hardlink"), &hl))
+	assert.Equal(t, st.Ino, hl.Ino, "hard link kept")
+	target, err := os.Readlink(filepath.Join(dst, "sub", "link"))
+	require.NoError(t, err)
+	assert.Equal(t, "/etc/passwd", target)
+	fi, err := os.Stat(filepath.Join(dst, "sub", "deeper", "big"))
+	require.NoError(t, err)
+	assert.Equal(t, int64(8<<20), fi.Size())
+	fi, err = os.Stat(dst)
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeDir|0o770, fi.Mode(), "the class's mode on the clone's root")
+	e.assertReachable(pv, dir)
+	ev := e.waitEvent(ns, "clone", "ProvisioningSucceeded", pv.Name, 30*time.Second)
+	t.Logf("Event on clone: %s", ev.Message)
+	for _, ev := range e.events(ns, "clone") {
+		t.Logf("Event on clone: %s %s: %s", ev.Type, ev.Reason, ev.Message)
+	}
+	src, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, "src", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.NotContains(t, src.Finalizers, "nfs.kube-nfs.io/clone-source-protection", "released once the copy is done")
+
+	before := e.exportEntries()
+	snapGroup := "snapshot.storage.k8s.io"
+	popGroup := "hello.example.com"
+	e.claim(ns, "small-clone", "nfs", func(c *v1.PersistentVolumeClaim) {
+		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
+		c.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse("512Mi")
 	})
 	e.claim(ns, "from-snapshot", "nfs", func(c *v1.PersistentVolumeClaim) {
 		c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapGroup, Kind: "VolumeSnapshot", Name: "snap"}
@@ -41,10 +85,9 @@ func TestCloneSourcesRefusedNeverEmpty(t *testing.T) {
 		c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &popGroup, Kind: "Hello", Name: "hello"}
 	})
 
-	ev := e.waitEvent(ns, "clone", "ProvisioningFailed", "can't clone volumes yet", 30*time.Second)
+	ev = e.waitEvent(ns, "small-clone", "ProvisioningFailed", "less than the 1Gi of source PersistentVolumeClaim", 30*time.Second)
 	assert.Equal(t, "Warning", ev.Type)
-	assert.Contains(t, ev.Message, `PersistentVolumeClaim "src"`)
-	t.Logf("Event on clone: %s", ev.Message)
+	t.Logf("Event on small-clone: %s", ev.Message)
 	ev = e.waitEvent(ns, "from-snapshot", "ProvisioningFailed", "NFS subdirectories have no snapshots", 30*time.Second)
 	assert.Equal(t, "Warning", ev.Type)
 	t.Logf("Event on from-snapshot: %s", ev.Message)
@@ -56,7 +99,7 @@ func TestCloneSourcesRefusedNeverEmpty(t *testing.T) {
 		assert.NotEqual(t, "Warning", ev.Type, "no Warning for a populator's claim: %s %s", ev.Reason, ev.Message)
 		t.Logf("Event on populated: %s %s: %s", ev.Type, ev.Reason, ev.Message)
 	}
-	for _, c := range []string{"clone", "from-snapshot", "populated"} {
+	for _, c := range []string{"small-clone", "from-snapshot", "populated"} {
 		pvc, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, c, metav1.GetOptions{})
 		require.NoError(t, err)
 		assert.Equal(t, v1.ClaimPending, pvc.Status.Phase, c)
@@ -64,11 +107,14 @@ func TestCloneSourcesRefusedNeverEmpty(t *testing.T) {
 	}
 	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
-	assert.Len(t, pvs.Items, 1, "only the source's PV")
+	assert.Len(t, pvs.Items, 2, "the source's PV and the clone's")
 	assert.Equal(t, before, e.exportEntries(), "no directory for any of them")
+	src, err = e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, "src", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.NotContains(t, src.Finalizers, "nfs.kube-nfs.io/clone-source-protection", "a refused clone doesn't protect its source")
 
 	_, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
 	assert.Regexp(t, `nfs_provisioner_operations_total\{operation="provision",outcome="refused"\} [1-9]`, body)
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 1`)
+	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 2`)
 }
