@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -10,8 +11,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kube-nfs/nfs-provisioner/test/faultfs"
 )
 
 // TestCloneCopiesAClaim: a claim whose data source is another claim of
@@ -117,4 +122,62 @@ func TestCloneCopiesAClaim(t *testing.T) {
 	require.NoError(t, err)
 	assert.Regexp(t, `nfs_provisioner_operations_total\{operation="provision",outcome="refused"\} [1-9]`, body)
 	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 2`)
+}
+
+// TestCloneProtectsItsSource: while the copy runs (held here by reads of
+// the source hanging), the clone stays Pending with no PV, and the source
+// claim, deleted meanwhile, stays until the copy is done; then the clone
+// binds with the data and the source goes.
+func TestCloneProtectsItsSource(t *testing.T) {
+	e := newFaultEnv(t, nil)
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("nfs", nil)
+	e.claim(ns, "src", "nfs")
+	_, srcPV := e.waitBound(ns, "src", 30*time.Second)
+	srcRel := ns + "-src-" + srcPV.Name
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, srcRel, "data"), []byte("to be cloned"), 0o644))
+	// A tenant's hostile entries: a link to another tenant's directory and
+	// a FIFO named like a file.
+	neighbours(t, e.exportDir, "unused")
+	require.NoError(t, os.Symlink("../other-tenant/keep", filepath.Join(e.exportDir, srcRel, "escape")))
+	require.NoError(t, syscall.Mkfifo(filepath.Join(e.exportDir, srcRel, "report.csv"), 0o644))
+	hang := e.ffs.Hang(faultfs.Match{Path: srcRel + "/data"})
+
+	e.claim(ns, "clone", "nfs", func(c *v1.PersistentVolumeClaim) {
+		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
+	})
+	ev := e.waitEvent(ns, "clone", "ProvisioningFailed", `copying PersistentVolumeClaim "src" into the new volume`, 30*time.Second)
+	t.Logf("Event on clone while it copies: %s", ev.Message)
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "src", metav1.DeleteOptions{}))
+	time.Sleep(2 * time.Second)
+	src, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, "src", metav1.GetOptions{})
+	require.NoError(t, err, "the source stays while it is copied")
+	assert.NotNil(t, src.DeletionTimestamp)
+	assert.Contains(t, src.Finalizers, "nfs.kube-nfs.io/clone-source-protection")
+	clone, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, "clone", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, v1.ClaimPending, clone.Status.Phase)
+	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, pvs.Items, 1, "no PV for the clone before its copy is done")
+	require.Positive(t, hang.Hits())
+
+	hang.Clear()
+	_, pv := e.waitBound(ns, "clone", 90*time.Second)
+	dst := filepath.Join(e.exportDir, ns+"-clone-"+pv.Name)
+	b, err := os.ReadFile(filepath.Join(dst, "data"))
+	require.NoError(t, err)
+	assert.Equal(t, "to be cloned", string(b))
+	target, err := os.Readlink(filepath.Join(dst, "escape"))
+	require.NoError(t, err)
+	assert.Equal(t, "../other-tenant/keep", target, "a link, not a copy of the other tenant's data")
+	var st syscall.Stat_t
+	require.NoError(t, syscall.Lstat(filepath.Join(dst, "report.csv"), &st))
+	assert.Equal(t, uint32(syscall.S_IFIFO), st.Mode&syscall.S_IFMT)
+	err = wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "src", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	require.NoError(t, err, "the source goes once the copy is done")
 }
