@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/kube-nfs/nfs-provisioner/test/faultfs"
+	"github.com/kube-nfs/nfs-provisioner/test/framework"
 )
 
 // TestCloneCopiesAClaim: a claim whose data source is another claim of
@@ -180,4 +183,60 @@ func TestCloneProtectsItsSource(t *testing.T) {
 		return apierrors.IsNotFound(err), nil
 	})
 	require.NoError(t, err, "the source goes once the copy is done")
+}
+
+// TestCloneHandedOver: the leader stops while a copy hangs; the next leader
+// takes the clone over, and once the export answers the clone binds with
+// the data and the source's finalizer goes.
+func TestCloneHandedOver(t *testing.T) {
+	e := newFaultEnv(t, nil)
+	first := electionReplica{id: "provisioner-1", p: e.p}
+	e.waitElectionLeader([]electionReplica{first}, 30*time.Second)
+	e.procs++
+	id := fmt.Sprintf("provisioner-%d", e.procs)
+	p2, err := framework.StartProvisioner(e.ctx, framework.ProvisionerOptions{
+		Binary: e.bin, Kubeconfig: e.kubeconfig,
+		Name: provisionerName, NFSServer: e.nfs.Server, NFSPath: e.nfs.ExportPath, ExportDir: e.ffs.Dir,
+		Namespace: namespace, Identity: id,
+		LogPath: filepath.Join(e.logDir, id+".log"),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if !p2.Exited() {
+			p2.Terminate(10 * time.Second)
+		}
+	})
+	second := electionReplica{id: id, p: p2}
+	e.waitStandingBy(second, first, 30*time.Second)
+
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("nfs", nil)
+	e.claim(ns, "src", "nfs")
+	_, srcPV := e.waitBound(ns, "src", 30*time.Second)
+	srcRel := ns + "-src-" + srcPV.Name
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, srcRel, "data"), []byte("to be cloned"), 0o644))
+	hang := e.ffs.Hang(faultfs.Match{Path: srcRel + "/data"})
+	e.claim(ns, "clone", "nfs", func(c *v1.PersistentVolumeClaim) {
+		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
+	})
+	e.waitEvent(ns, "clone", "ProvisioningFailed", `copying PersistentVolumeClaim "src" into the new volume`, 30*time.Second)
+
+	first.p.Terminate(10 * time.Second)
+	e.waitElectionLeader([]electionReplica{second}, 60*time.Second)
+	// The new leader retries the clone; its copy hangs too, until:
+	time.Sleep(3 * time.Second)
+	hang.Clear()
+	_, pv := e.waitBound(ns, "clone", 5*time.Minute)
+	b, err := os.ReadFile(filepath.Join(e.exportDir, ns+"-clone-"+pv.Name, "data"))
+	require.NoError(t, err)
+	assert.Equal(t, "to be cloned", string(b))
+	err = wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		src, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "src", metav1.GetOptions{})
+		return err == nil && !slices.Contains(src.Finalizers, "nfs.kube-nfs.io/clone-source-protection"), err
+	})
+	require.NoError(t, err, "the finalizer goes once the new leader's copy is done")
+	for _, ev := range e.events(ns, "clone") {
+		t.Logf("Event on clone: %s %s: %s", ev.Type, ev.Reason, ev.Message)
+	}
 }
