@@ -19,7 +19,10 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/clone"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
 
@@ -114,7 +117,12 @@ func (p *Provisioner) startClone(ctx context.Context, opts controller.ProvisionO
 	if err := p.protect(ctx, name); err != nil {
 		return nil, err
 	}
-	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, cls); err != nil {
+	// Private while it is copied: the class's mode comes once the copy is
+	// done (see finishClone). Its owner comes now, so that an export that
+	// refuses it (root squashed) fails before the copy, not after.
+	private := cls
+	private.Mode = 0o700
+	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, private); err != nil {
 		p.unprotect(ctx, name)
 		return nil, err
 	}
@@ -126,12 +134,12 @@ func (p *Provisioner) startClone(ctx context.Context, opts controller.ProvisionO
 	p.clones[claim.UID] = job
 	p.mu.Unlock()
 	klog.FromContext(ctx).Info("Cloning a claim", "PVC", klog.KObj(claim), "source", klog.KObj(src), "from", srcRel, "to", rel)
-	go p.runClone(jctx, job, srcRel, func() *v1.PersistentVolume { return p.volume(opts, rel, cls) })
+	go p.runClone(jctx, job, srcRel, cls, func() *v1.PersistentVolume { return p.volume(opts, rel, cls) })
 	return job, nil
 }
 
 // runClone copies, then leaves either the PV to return or a clean export.
-func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string, volume func() *v1.PersistentVolume) {
+func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string, cls params.Class, volume func() *v1.PersistentVolume) {
 	defer job.cancel()
 	logger := klog.FromContext(ctx).WithValues("PV", job.pv, "source", job.source.String())
 	opts := p.cfg.Clone.Options
@@ -143,6 +151,9 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 		p.beforeCopy()
 	}
 	res, err := clone.Copy(ctx, p.cfg.Clone.Root, srcRel, job.rel, opts)
+	if err == nil {
+		err = p.finishClone(ctx, job, cls)
+	}
 	job.entries.Store(res.Entries)
 	job.bytes.Store(res.Bytes)
 	took := time.Since(job.started)
@@ -163,6 +174,25 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 	}
 	p.unprotect(ctx, job.source)
 	close(job.done)
+}
+
+// finishClone gives the copy's directory the class's mode and owner, as
+// MkdirAll gives a new volume's, on the directory made for it (by inode).
+func (p *Provisioner) finishClone(ctx context.Context, job *cloneJob, cls params.Class) error {
+	led, err := p.ledger(ctx)
+	if err != nil {
+		return err
+	}
+	existing := exportfs.Existing{Any: true}
+	for _, r := range led.At(job.rel) {
+		if r.Kind == ledger.Volume && r.PV == job.pv && r.Ino != 0 {
+			existing = exportfs.Existing{Ino: r.Ino}
+		}
+	}
+	if _, err := p.cfg.Export.MkdirAll(ctx, job.rel, exportfs.DirOptions{Mode: cls.Mode, UID: cls.UID, GID: cls.GID}, existing); err != nil {
+		return fmt.Errorf("setting the class's mode and owner on the copy: %w", err)
+	}
+	return nil
 }
 
 // discardClone removes the directory of a failed copy and its records,

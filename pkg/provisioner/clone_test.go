@@ -285,6 +285,9 @@ func TestCloneCancelled(t *testing.T) {
 	pvc := e.cloneClaim("copy", "uid-copy")
 	_, state, _ := e.p.Provision(context.Background(), opts(e.sc, pvc))
 	require.Equal(t, controller.ProvisioningInBackground, state)
+	fi, err := os.Stat(filepath.Join(e.root, "ns-copy-pvc-uid-copy"))
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeDir|0o700, fi.Mode(), "private while it is copied")
 	go func() { time.Sleep(50 * time.Millisecond); close(release) }()
 	e.p.CancelClones(context.Background())
 	pv, err := e.await(t, pvc)
@@ -381,4 +384,24 @@ func TestCloneTwiceFromOneSource(t *testing.T) {
 	_, err = e.await(t, two)
 	require.NoError(t, err)
 	assert.NotContains(t, e.finalizers(t), FinalizerCloneSource)
+}
+
+func TestCloneGetsTheClassModeAndOwner(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to set owners")
+	}
+	e := newCloneEnv(t, nil)
+	e.sc = class("nfs", map[string]string{"mode": "0750", "uid": "1000", "gid": "2000"})
+	pv, err := e.await(t, e.cloneClaim("copy", "uid-copy"))
+	require.NoError(t, err)
+	fi, err := os.Stat(filepath.Join(e.root, pv.Annotations[AnnDirectory]))
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeDir|0o750, fi.Mode())
+	uid, gid := ownerOf(t, fi)
+	assert.Equal(t, 1000, uid)
+	assert.Equal(t, 2000, gid)
+	fi, err = os.Lstat(filepath.Join(e.root, pv.Annotations[AnnDirectory], "data"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o640), fi.Mode(), "the entries keep the source's")
 }
