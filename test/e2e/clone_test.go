@@ -240,3 +240,46 @@ func TestCloneHandedOver(t *testing.T) {
 		t.Logf("Event on clone: %s %s: %s", ev.Type, ev.Reason, ev.Message)
 	}
 }
+
+// TestCloneDeletedDuringCopy: a clone deleted while it copies is finished
+// anyway (the library keeps provisioning a claim in progress), and its
+// volume, released at once, goes the way of its class's onDelete; the
+// source's finalizer goes.
+func TestCloneDeletedDuringCopy(t *testing.T) {
+	e := newFaultEnv(t, nil)
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("nfs", map[string]string{"onDelete": "delete"})
+	e.claim(ns, "src", "nfs")
+	_, srcPV := e.waitBound(ns, "src", 30*time.Second)
+	srcRel := ns + "-src-" + srcPV.Name
+	require.NoError(t, os.WriteFile(filepath.Join(e.exportDir, srcRel, "data"), []byte("to be cloned"), 0o644))
+	before := e.exportEntries()
+	hang := e.ffs.Hang(faultfs.Match{Path: srcRel + "/data"})
+	clone := e.claim(ns, "clone", "nfs", func(c *v1.PersistentVolumeClaim) {
+		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
+	})
+	e.waitEvent(ns, "clone", "ProvisioningFailed", `copying PersistentVolumeClaim "src" into the new volume`, 30*time.Second)
+	require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(ns).Delete(e.ctx, "clone", metav1.DeleteOptions{}))
+	time.Sleep(time.Second)
+	hang.Clear()
+
+	err := wait.PollUntilContextTimeout(e.ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pvs, err := e.client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		src, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "src", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		// The clone's directory exists from the start of the copy: its
+		// going means its volume was made and deleted.
+		return len(pvs.Items) == 1 && !slices.Contains(src.Finalizers, "nfs.kube-nfs.io/clone-source-protection") &&
+			slices.Equal(before, e.exportEntries()), nil
+	})
+	require.NoError(t, err, "the clone's volume made and deleted, its directory with it, the source released; export: %v", e.exportEntries())
+	for _, ev := range e.events("", "pvc-"+string(clone.UID)) {
+		t.Logf("Event on the clone's PV: %s %s: %s", ev.Type, ev.Reason, ev.Message)
+	}
+}
