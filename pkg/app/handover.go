@@ -386,17 +386,18 @@ func (a *actor) pause(ctx context.Context, reason string) {
 		}
 	}
 	a.metrics.SetLeader(false)
-	if ctx.Err() != nil {
-		return
-	}
-	started := time.Now()
 	if c, ok := a.gate.inner.(cloneCanceller); ok {
-		// A copy runs past its Provision call: stop it, and let it clean
-		// up, so the next leader clones from the start.
+		// A copy runs past its Provision call: stop it, so the next leader
+		// clones from the start; when stopping gracefully, wait for it to
+		// release its source (a lost Lease waits for nothing).
 		cctx, cancel := context.WithTimeout(ctx, a.grace)
 		c.CancelClones(cctx)
 		cancel()
 	}
+	if ctx.Err() != nil {
+		return
+	}
+	started := time.Now()
 	n := a.gate.inFlight()
 	a.logger.Info("Stopped provisioning; waiting for operations in flight", "reason", reason, "operations", n, "gracePeriod", a.grace)
 	wctx, cancel := context.WithTimeout(ctx, a.grace)

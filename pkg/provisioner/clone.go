@@ -123,7 +123,7 @@ func (p *Provisioner) startClone(ctx context.Context, opts controller.ProvisionO
 	private := cls
 	private.Mode = 0o700
 	if err := p.makeDir(ctx, rel, string(claim.UID), opts.PVName, private); err != nil {
-		p.unprotect(ctx, name)
+		p.unprotect(ctx, name, false)
 		return nil, err
 	}
 	// The copy outlives this call, whose ctx the library cancels after its
@@ -172,7 +172,9 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, metrics.Success, took)
 		logger.Info("Cloned", "entries", res.Entries, "bytes", res.Bytes, "hardLinks", res.HardLinks, "skipped", res.Skipped, "changed", res.Changed, "ownersDenied", res.OwnersDenied, "took", took.Round(time.Millisecond))
 	}
-	p.unprotect(ctx, job.source)
+	// A cancelled copy leaves the finalizer too: the next leader's copy
+	// may hold it already, and removes it when done.
+	p.unprotect(ctx, job.source, err != nil && ctx.Err() != nil)
 	close(job.done)
 }
 
@@ -223,9 +225,10 @@ func (p *Provisioner) discardClone(ctx context.Context, job *cloneJob, keep bool
 }
 
 // CancelClones stops the copies running, on shutdown or when leadership
-// is lost, and waits within ctx until each has stopped and removed the
-// source's finalizer. Their partial copies stay: whoever provisions next
-// removes them and clones the claims again from the start.
+// is lost, and waits within ctx until each has stopped. Their partial
+// copies and the sources' finalizers stay: whoever provisions next removes
+// the copies, clones the claims again from the start, and then removes the
+// finalizers.
 func (p *Provisioner) CancelClones(ctx context.Context) {
 	p.mu.Lock()
 	jobs := make([]*cloneJob, 0, len(p.clones))
@@ -367,16 +370,20 @@ func (p *Provisioner) protect(ctx context.Context, source types.NamespacedName) 
 	return nil
 }
 
-// unprotect counts one copy from the source less and, at none, removes
-// FinalizerCloneSource from it. A failure is logged: the finalizer then
-// stays until the next clone of that source ends, or an admin removes it.
-func (p *Provisioner) unprotect(ctx context.Context, source types.NamespacedName) {
+// unprotect counts one copy from the source less and, at none and unless
+// keep, removes FinalizerCloneSource from it. A failure is logged: the
+// finalizer then stays until the next clone of that source ends, or an
+// admin removes it.
+func (p *Provisioner) unprotect(ctx context.Context, source types.NamespacedName, keep bool) {
 	p.finMu.Lock()
 	defer p.finMu.Unlock()
 	if p.sources[source]--; p.sources[source] > 0 {
 		return
 	}
 	delete(p.sources, source)
+	if keep {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	client := p.cfg.Clone.Client

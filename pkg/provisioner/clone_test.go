@@ -293,15 +293,17 @@ func TestCloneCancelled(t *testing.T) {
 	pv, err := e.await(t, pvc)
 	assert.Nil(t, pv)
 	require.ErrorIs(t, err, context.Canceled)
-	assert.NotContains(t, e.finalizers(t), FinalizerCloneSource)
+	assert.Contains(t, e.finalizers(t), FinalizerCloneSource, "left for the next leader, who may be copying already")
 	_, err = os.Stat(filepath.Join(e.root, "ns-copy-pvc-uid-copy"))
 	require.NoError(t, err, "left for the next leader, who may be copying into it already")
 
-	// The next leader takes it over (it is still empty) and clones.
+	// The next leader takes it over (it is still empty), clones, and
+	// releases the source.
 	e.restart()
 	pv, err = e.await(t, pvc)
 	require.NoError(t, err)
 	assert.NotNil(t, pv)
+	assert.NotContains(t, e.finalizers(t), FinalizerCloneSource)
 }
 
 // TestCloneAfterACrash: a provisioner that stopped mid-copy left a partial
