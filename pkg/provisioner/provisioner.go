@@ -154,10 +154,10 @@ func outcome(err error) string {
 }
 
 // Provision creates the claim's directory and returns its PV. Every error is
-// final for this attempt (ProvisioningFinished): nothing runs on in the
-// background, and the library retries with back-off, emitting an Event each
-// time. A claim to be filled by a volume populator is ignored (see
-// checkDataSource).
+// final for this attempt (ProvisioningFinished), and the library retries
+// with back-off, emitting an Event each time; only a clone's copy runs on in
+// the background (ProvisioningInBackground, see provisionClone). A claim to
+// be filled by a volume populator is ignored (see checkDataSource).
 func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
 	start := time.Now()
 	if ref, kind := dataSource(opts.PVC); kind == sourceClaim && p.cfg.Clone != nil {
