@@ -159,6 +159,10 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 	took := time.Since(job.started)
 	if err != nil {
 		job.err = fmt.Errorf("copying PersistentVolumeClaim %.128q into directory %.128q: %w", job.source.Name, job.rel, err)
+		if errors.Is(err, clone.ErrTooDeep) {
+			// The source's tree, not the export, is at fault.
+			job.err = refusal{job.err}
+		}
 		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(job.err), took)
 		// Cancelled means this replica stops provisioning: the next leader
 		// may be copying into the directory already, and removes what is

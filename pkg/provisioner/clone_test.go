@@ -20,6 +20,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
+	"github.com/kube-nfs/nfs-provisioner/pkg/clone"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 )
 
@@ -406,4 +407,20 @@ func TestCloneGetsTheClassModeAndOwner(t *testing.T) {
 	fi, err = os.Lstat(filepath.Join(e.root, pv.Annotations[AnnDirectory], "data"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o640), fi.Mode(), "the entries keep the source's")
+}
+
+// TestCloneOfATooDeepTreeIsRefused: the source's fault, counted as refused,
+// and nothing is left.
+func TestCloneOfATooDeepTreeIsRefused(t *testing.T) {
+	t.Parallel()
+	e := newCloneEnv(t, nil)
+	require.NoError(t, os.MkdirAll(filepath.Join(e.root, e.srcDir, "sub", "deeper"), 0o755))
+	e.p.cfg.Clone.Options.MaxDepth = 1
+	pv, err := e.await(t, e.cloneClaim("copy", "uid-copy"))
+	assert.Nil(t, pv)
+	require.ErrorIs(t, err, clone.ErrTooDeep)
+	assert.Contains(t, err.Error(), "more than 1 levels deep")
+	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Refused), 0)
+	_, err = os.Stat(filepath.Join(e.root, "ns-copy-pvc-uid-copy"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }
