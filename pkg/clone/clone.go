@@ -368,7 +368,7 @@ func (c *copier) finish() error {
 	top := len(c.frames) - 1
 	f := &c.frames[top]
 	if top > 0 {
-		if err := c.attrs(-1, "", f.dst, &f.st, c.where("")); err != nil {
+		if err := c.attrs(-1, "", f.dst, &f.st, func() string { return c.dstWhere("") }); err != nil {
 			return err
 		}
 	}
@@ -575,16 +575,17 @@ func (c *copier) same(ns, nd int, f *frame) error {
 }
 
 // attrs gives a created entry the owner, mode and times of st: through fd
-// when it is open, else by name in dirfd without following it.
-func (c *copier) attrs(dirfd int, name string, fd int, st *unix.Stat_t, shown string) error {
+// when it is open, else by name in dirfd without following it. shown names
+// it for messages, built only when one is written: a path costs its depth.
+func (c *copier) attrs(dirfd int, name string, fd int, st *unix.Stat_t, shown func() string) error {
 	if err := c.chown(dirfd, name, fd, int(st.Uid), int(st.Gid)); err != nil {
 		if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("set owner of %s: %w", shown, err)
+			return fmt.Errorf("set owner of %s: %w", shown(), err)
 		}
 		c.res.OwnersDenied++
 		if !c.chownLog {
 			c.chownLog = true
-			c.log.Info("The export refuses to set owners (it squashes root?): copies belong to the user it maps the provisioner to; counting the rest", "entry", shown, "err", err.Error())
+			c.log.Info("The export refuses to set owners (it squashes root?): copies belong to the user it maps the provisioner to; counting the rest", "entry", shown(), "err", err.Error())
 		}
 	}
 	mode := st.Mode & 0o7777
@@ -607,7 +608,7 @@ func (c *copier) attrs(dirfd int, name string, fd int, st *unix.Stat_t, shown st
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("set mode and times of %s: %w", shown, err)
+		return fmt.Errorf("set mode and times of %s: %w", shown(), err)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -284,11 +285,18 @@ func TestCopyRefusesTooDeep(t *testing.T) {
 	e2 := export{root: e.root, src: e.src, dst: e.root + "/dst2"}
 	require.NoError(t, os.Mkdir(e2.dst, 0o700))
 	start = time.Now()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
 	res, err := Copy(context.Background(), e.root, "src", "dst2", Options{MaxDepth: levels + 1})
+	runtime.ReadMemStats(&after)
 	require.NoError(t, err)
 	assert.Equal(t, int64(levels), res.Entries)
 	assert.Equal(t, levels, depth(t, e2.dst))
-	t.Logf("copied %d levels in %s", levels, time.Since(start))
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("copied %d levels in %s, allocating %d KiB in all (test included)", levels, time.Since(start), allocated>>10)
+	// A frame and a name per level, and the reopen walks' garbage; not the
+	// tree's paths (15,000 levels of "d/" would be quadratic).
+	assert.Less(t, allocated, uint64(64<<20))
 }
 
 // deepen makes a chain of n directories "d" below dir, through descriptors

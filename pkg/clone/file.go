@@ -45,7 +45,7 @@ func (c *copier) file(name string, lst *unix.Stat_t) error {
 	}
 	err = c.data(sfd, dfd, st.Size, name)
 	if err == nil {
-		err = c.attrs(-1, "", dfd, st, c.dstWhere(name))
+		err = c.attrs(-1, "", dfd, st, func() string { return c.dstWhere(name) })
 	}
 	// NFS reports write errors (ENOSPC, EDQUOT) as late as close.
 	if cerr := unix.Close(dfd); err == nil && cerr != nil {
@@ -185,7 +185,7 @@ func (c *copier) symlink(name string, st *unix.Stat_t) error {
 	if err := ignoringEINTR(func() error { return unix.Symlinkat(target, parent.dst, name) }); err != nil {
 		return c.createErr(name, err)
 	}
-	if err := c.attrs(parent.dst, name, -1, st, c.dstWhere(name)); err != nil {
+	if err := c.attrs(parent.dst, name, -1, st, func() string { return c.dstWhere(name) }); err != nil {
 		return err
 	}
 	c.res.Entries++
@@ -202,7 +202,7 @@ func (c *copier) fifo(name string, st *unix.Stat_t) error {
 	if err := ignoringEINTR(func() error { return unix.Mkfifoat(parent.dst, name, 0o600) }); err != nil {
 		return c.createErr(name, err)
 	}
-	if err := c.attrs(parent.dst, name, -1, st, c.dstWhere(name)); err != nil {
+	if err := c.attrs(parent.dst, name, -1, st, func() string { return c.dstWhere(name) }); err != nil {
 		return err
 	}
 	c.res.Entries++
