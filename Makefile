@@ -76,8 +76,8 @@ bench: deps bench-go ## Go benchmarks, then throughput, latency and memory at sc
 	go run ./test/bench $(BENCH_ARGS)
 
 .PHONY: bench-go
-bench-go: ## Go benchmarks only: pattern evaluation, path resolution, export filesystem calls
-	go test -run '^$$' -bench . -benchmem ./pkg/volpath ./pkg/exportfs
+bench-go: ## Go benchmarks only: pattern evaluation, path resolution, export filesystem calls, tree copy against cp -a
+	go test -run '^$$' -bench . -benchmem ./pkg/volpath ./pkg/exportfs ./pkg/clone
 
 .PHONY: verify
 verify: ## gofmt, go vet and a tidy go.mod

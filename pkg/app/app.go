@@ -251,6 +251,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		Volumes:    volumes.GetIndexer(),
 		Classes:    classes.Lister(),
 		Metrics:    m,
+		Clone:      &provisioner.CloneConfig{Client: client, Root: export.Root()},
 	})
 	if _, err := volumes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { volumeSeen(prov, obj) },

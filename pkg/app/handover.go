@@ -35,6 +35,10 @@ import (
 // usage scans and archive retention are simpler: they run only while
 // acting, and stopping them waits for their steps in flight.
 
+// cloneCanceller is what pause needs of a provisioner that copies in the
+// background.
+type cloneCanceller interface{ CancelClones(ctx context.Context) }
+
 // gate lets operations through while open and tracks them.
 type gate struct {
 	inner  controller.Provisioner
@@ -431,6 +435,14 @@ func (a *actor) pause(ctx context.Context, reason string) {
 	if a.stopLeaderOnly != nil {
 		a.stopLeaderOnly()
 		a.stopLeaderOnly, a.leaderOnlyDone = nil, nil
+	}
+	if c, ok := a.gate.inner.(cloneCanceller); ok {
+		// A copy runs past its Provision call: stop it, so the next leader
+		// clones from the start; when stopping gracefully, wait for it to
+		// release its source (a lost Lease waits for nothing).
+		cctx, cancel := context.WithTimeout(ctx, a.grace)
+		c.CancelClones(cctx)
+		cancel()
 	}
 	if ctx.Err() != nil {
 		// The Lease is lost: no waiting. A resize step still in flight

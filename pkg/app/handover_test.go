@@ -364,3 +364,34 @@ func TestNoResizeWhileTheIncumbentLeads(t *testing.T) {
 	require.NoError(t, client.CoreV1().Endpoints("nfs").Delete(ctx, electionName, metav1.DeleteOptions{}))
 	waitCapacity("20Gi")
 }
+
+// cancellingProvisioner counts CancelClones calls.
+type cancellingProvisioner struct {
+	blockingProvisioner
+	cancelled atomic.Int32
+	waited    atomic.Int32
+}
+
+func (c *cancellingProvisioner) CancelClones(ctx context.Context) {
+	c.cancelled.Add(1)
+	if ctx.Err() == nil {
+		c.waited.Add(1)
+	}
+}
+
+// Pausing stops the copies of clones: waiting for them when stopping
+// gracefully, not when the Lease is lost.
+func TestPauseCancelsClones(t *testing.T) {
+	t.Parallel()
+	logger, ctx := ktesting.NewTestContext(t)
+	inner := &cancellingProvisioner{blockingProvisioner: blockingProvisioner{release: make(chan struct{})}}
+	a := &actor{logger: logger, gate: newGate(inner, logger), grace: time.Second, metrics: metrics.New()}
+	a.pause(ctx, "stopping")
+	assert.Equal(t, int32(1), inner.cancelled.Load())
+	assert.Equal(t, int32(1), inner.waited.Load())
+	lost, cancel := context.WithCancel(ctx)
+	cancel()
+	a.pause(lost, "Lease lost")
+	assert.Equal(t, int32(2), inner.cancelled.Load())
+	assert.Equal(t, int32(1), inner.waited.Load(), "a lost Lease waits for nothing")
+}

@@ -193,6 +193,7 @@ func (p *Provisioner) VolumeAdded(pv *v1.PersistentVolume) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.reserved, pv.Name)
+	p.cloneVolumeAdded(pv.Name)
 }
 
 // recordOf tells which directory a PV uses and what to do with it. Our PVs

@@ -15,6 +15,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
@@ -61,6 +62,9 @@ type Config struct {
 	// Resolver tells whether a PV's server is Server spelled otherwise;
 	// net.DefaultResolver when nil.
 	Resolver Resolver
+	// Clone enables cloning claims whose data source is another claim;
+	// nil refuses them.
+	Clone *CloneConfig
 }
 
 // Provisioner provisions and deletes directories on one export.
@@ -79,6 +83,18 @@ type Provisioner struct {
 	// right now to the PV responsible, so none is handed to a claim
 	// meanwhile.
 	removing map[string]string
+
+	// clones are the copies running or finished and not yet collected, by
+	// claim UID.
+	clones map[types.UID]*cloneJob
+
+	// finMu serialises adding and removing FinalizerCloneSource; sources
+	// counts, by source claim, the copies that hold it.
+	finMu   sync.Mutex
+	sources map[types.NamespacedName]int
+
+	// beforeCopy, when set (only by tests), runs before a clone's copy.
+	beforeCopy func()
 
 	// ledgerMu guards led, read from the export on first use.
 	ledgerMu sync.Mutex
@@ -115,7 +131,7 @@ func New(cfg Config) *Provisioner {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Provisioner{cfg: cfg, reserved: map[string]reservation{}, detached: map[string]struct{}{}, removing: map[string]string{}}
+	return &Provisioner{cfg: cfg, reserved: map[string]reservation{}, detached: map[string]struct{}{}, removing: map[string]string{}, clones: map[types.UID]*cloneJob{}, sources: map[types.NamespacedName]int{}}
 }
 
 // refusal marks errors caused by the claim, class or PV rather than by the
@@ -156,41 +172,69 @@ func outcome(err error) string {
 }
 
 // Provision creates the claim's directory and returns its PV. Every error is
-// final for this attempt (ProvisioningFinished): nothing runs on in the
-// background, and the library retries with back-off, emitting an Event each
-// time.
+// final for this attempt (ProvisioningFinished), and the library retries
+// with back-off, emitting an Event each time; only a clone's copy runs on in
+// the background (ProvisioningInBackground, see provisionClone). A claim to
+// be filled by a volume populator is ignored (see checkDataSource).
 func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
 	start := time.Now()
-	pv, err := p.provision(ctx, opts)
+	if ref, kind := dataSource(opts.PVC); kind == sourceClaim && p.cfg.Clone != nil {
+		return p.provisionClone(ctx, opts, ref)
+	}
+	err := checkDataSource(opts.PVC)
+	var ignored *controller.IgnoredError
+	if errors.As(err, &ignored) {
+		// Not an operation of ours: not counted, and no Event.
+		klog.FromContext(ctx).V(2).Info("Leaving the claim to a volume populator", "PVC", klog.KObj(opts.PVC), "reason", ignored.Reason)
+		return nil, controller.ProvisioningFinished, err
+	}
+	var pv *v1.PersistentVolume
+	if err == nil {
+		pv, err = p.provision(ctx, opts)
+	}
 	p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), time.Since(start))
 	logFailure(ctx, err, "Provisioning failed", "PVC", klog.KObj(opts.PVC))
 	return pv, controller.ProvisioningFinished, err
 }
 
 func (p *Provisioner) provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, error) {
+	rel, cls, err := p.directoryOf(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.makeDir(ctx, rel, claimOf(opts.PVC, opts.StorageClass.Name, opts.PVName), cls); err != nil {
+		return nil, err
+	}
+	return p.volume(opts, rel, cls), nil
+}
+
+// directoryOf checks the claim and its class and returns the claim's
+// directory.
+func (p *Provisioner) directoryOf(opts controller.ProvisionOptions) (string, params.Class, error) {
 	claim, class := opts.PVC, opts.StorageClass
 	if claim.Spec.Selector != nil {
-		return nil, refuse("claim has a selector, which dynamically provisioned NFS volumes can't satisfy: remove spec.selector")
+		return "", params.Class{}, refuse("claim has a selector, which dynamically provisioned NFS volumes can't satisfy: remove spec.selector")
 	}
 	cls, err := params.Parse(class.Parameters)
 	if err != nil {
-		return nil, refusal{fmt.Errorf("StorageClass %q: %w: fix the class (its parameters can't be edited: recreate it)", class.Name, err)}
+		return "", params.Class{}, refusal{fmt.Errorf("StorageClass %q: %w: fix the class (its parameters can't be edited: recreate it)", class.Name, err)}
 	}
 	rel, err := volpath.Resolve(cls.PathPattern, volpath.Claim{
 		Namespace: claim.Namespace, Name: claim.Name, UID: string(claim.UID),
 		Labels: claim.Labels, Annotations: claim.Annotations, PVName: opts.PVName,
 	})
 	if err != nil {
-		return nil, refusal{fmt.Errorf("refusing the claim's directory: %w: fix the claim's labels or annotations, or the class's pathPattern", err)}
+		return "", params.Class{}, refusal{fmt.Errorf("refusing the claim's directory: %w: fix the claim's labels or annotations, or the class's pathPattern", err)}
 	}
-
 	if err := checkReservedName(rel); err != nil {
-		return nil, err
+		return "", params.Class{}, err
 	}
-	if err := p.makeDir(ctx, rel, claimOf(claim, class.Name, opts.PVName), cls); err != nil {
-		return nil, err
-	}
+	return rel, cls, nil
+}
 
+// volume describes the claim's directory rel as its PV.
+func (p *Provisioner) volume(opts controller.ProvisionOptions, rel string, cls params.Class) *v1.PersistentVolume {
+	claim, class := opts.PVC, opts.StorageClass
 	reclaim := v1.PersistentVolumeReclaimDelete
 	if class.ReclaimPolicy != nil {
 		reclaim = *class.ReclaimPolicy
@@ -219,7 +263,7 @@ func (p *Provisioner) provision(ctx context.Context, opts controller.ProvisionOp
 				},
 			},
 		},
-	}, nil
+	}
 }
 
 // Delete acts on the directory and policy recorded on the PV when it was

@@ -245,11 +245,12 @@ func TestRBAC(t *testing.T) {
 				// Informers list and watch; the library creates PVs and
 				// deletes released ones, updates a WaitForFirstConsumer
 				// claim to reschedule it, and reads nodes and classes from
-				// the informers' caches (never get). Resizing patches the
-				// PV's capacity and the claim's status, and updates the
-				// claim's annotations.
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"list", "watch", "create", "delete", "patch"}},
-				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"list", "watch", "update"}},
+				// the informers' caches (never get) but for a clone's source
+				// claim and PV, whose claim's finalizers it patches.
+				// Resizing patches the PV's capacity and the claim's status,
+				// and updates the claim's annotations.
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumes"}, Verbs: []string{"get", "list", "watch", "create", "delete", "patch"}},
+				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
 				{APIGroups: []string{""}, Resources: []string{"persistentvolumeclaims/status"}, Verbs: []string{"patch"}},
 				{APIGroups: []string{"storage.k8s.io"}, Resources: []string{"storageclasses"}, Verbs: []string{"list", "watch"}},
 				{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
