@@ -286,6 +286,13 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		// Per-item back-off only: the library's default also caps all retries
 		// at 10 per second, which throttles recovery after an export outage.
 		controller.RateLimiter(workqueue.NewItemExponentialFailureRateLimiter(time.Second, 5*time.Minute)),
+		// Never give up on a claim or PV, as CSI external-provisioner: past
+		// the library's default 15 failures it stops retrying (and forgets a
+		// copy running in the background) until a resync, so a long hang of
+		// the export or a long clone would leave claims waiting for it. The
+		// back-off above bounds the cost of retrying forever.
+		controller.FailedProvisionThreshold(0),
+		controller.FailedDeleteThreshold(0),
 		controller.ProvisionTimeout(2*o.FSTimeout),
 		controller.DeletionTimeout(10*o.FSTimeout), // one attempt of a huge removal; --fs-timeout bounds each of its steps
 	)
