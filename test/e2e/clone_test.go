@@ -43,6 +43,8 @@ func TestCloneCopiesAClaim(t *testing.T) {
 	require.NoError(t, os.Chown(filepath.Join(srcDir, "data"), 1234, 5678))
 	require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(srcDir, "sub", "link")))
 	require.NoError(t, os.Link(filepath.Join(srcDir, "data"), filepath.Join(srcDir, "sub", "hardlink")))
+	// And a file a pod wrote over NFS.
+	require.NoError(t, e.nfs.WriteFile(e.ctx, srcPV.Spec.NFS.Server, srcPV.Spec.NFS.Path, "from-a-pod", []byte("written over NFS")))
 
 	e.claim(ns, "clone", "nfs", func(c *v1.PersistentVolumeClaim) {
 		c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
@@ -70,6 +72,10 @@ func TestCloneCopiesAClaim(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, os.ModeDir|0o770, fi.Mode(), "the class's mode on the clone's root")
 	e.assertReachable(pv, dir)
+	// Read back over NFS through the clone's own PV, as its pod would.
+	got, err := e.nfs.ReadFile(e.ctx, pv.Spec.NFS.Server, pv.Spec.NFS.Path, "from-a-pod")
+	require.NoError(t, err)
+	assert.Equal(t, "written over NFS", string(got))
 	ev := e.waitEvent(ns, "clone", "ProvisioningSucceeded", pv.Name, 30*time.Second)
 	t.Logf("Event on clone: %s", ev.Message)
 	for _, ev := range e.events(ns, "clone") {
