@@ -26,6 +26,9 @@ var (
 	// ErrInvalidPath means a rel or name argument is not a valid path
 	// relative to the root.
 	ErrInvalidPath = errors.New("invalid path")
+	// ErrHoldsArchive reports a directory MkdirAll would not adopt because
+	// it holds what looks like an archive (see Existing.RefuseHolding).
+	ErrHoldsArchive = errors.New("directory holds an archive")
 	// ErrChanged reports that a directory was moved while Scan read it.
 	ErrChanged = errors.New("directory moved during the scan")
 	// ErrTimeout means the operation did not finish within the FS timeout,

@@ -22,6 +22,11 @@ type Existing struct {
 	// Ino, when not zero, adopts only the directory with this inode number
 	// (the one created earlier for the same volume).
 	Ino uint64
+	// RefuseHolding, when set, refuses to adopt (under Any) a directory
+	// holding an entry whose name starts with it: the incumbent's archives
+	// (archived-*), which no record of ours knows, must not be handed to a
+	// claim inside its directory. The error wraps ErrHoldsArchive.
+	RefuseHolding string
 	// EmptySince, when set, adopts a directory that is empty and whose
 	// status changed at or after it: the one an earlier attempt created
 	// just before the process stopped, before it could record its inode.
@@ -233,6 +238,11 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) && !freshAndEmpty(cur, &st, existing.EmptySince) {
 		return fmt.Errorf("%s already exists and is not the directory made for this volume; its mode, owner and contents were left alone: %w", leaf, fs.ErrExist)
 	}
+	if !made.Created && existing.Any && existing.RefuseHolding != "" {
+		if name, ok := holding(cur, existing.RefuseHolding); ok {
+			return fmt.Errorf("%s holds %q, named like an archive of a released volume, which no record says is this claim's; its mode, owner and contents were left alone: move the archive aside, or give the claim another directory: %w", leaf, shownPath([]byte(name)), ErrHoldsArchive)
+		}
+	}
 	if uid >= 0 || gid >= 0 {
 		if err := ignoringEINTR(func() error { return unix.Fchown(cur, uid, gid) }); err != nil {
 			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
@@ -252,6 +262,28 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 		return fmt.Errorf("set mode %04o on %s: the export applied %04o instead; the NFS server may drop setgid/setuid bits or map owners, check its export options", mode, leaf, got)
 	}
 	return nil
+}
+
+// holding returns the name of an entry of the open directory fd starting
+// with prefix, if there is one.
+func holding(fd int, prefix string) (string, bool) {
+	buf := make([]byte, direntBufSize)
+	for {
+		n, err := getdents(fd, buf)
+		if err != nil || n == 0 {
+			return "", false
+		}
+		for off := 0; off < n; {
+			name, _, next, ok := nextDirent(buf, off, n)
+			if !ok {
+				break
+			}
+			off = next
+			if s := string(name[:len(name)-1]); strings.HasPrefix(s, prefix) {
+				return s, true
+			}
+		}
+	}
 }
 
 // freshAndEmpty tells whether the open directory fd, whose status is st,

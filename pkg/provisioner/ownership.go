@@ -131,6 +131,9 @@ func ownership(led *ledger.Ledger, rel, pvName, namespace string, cls params.Cla
 	if namespaceScoped(cls.PathPattern) || cls.ReuseExisting {
 		pl.existing.Any = true
 	}
+	// Archives the ledger knows are refused above; the incumbent's are
+	// known only by their name.
+	pl.existing.RefuseHolding = volpath.ArchivePrefix
 	return pl, nil
 }
 

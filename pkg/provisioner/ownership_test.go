@@ -153,3 +153,27 @@ func TestNamespaceSubtreeHoldsOnlyItsOwnData(t *testing.T) {
 	_, err = e.provision(t, sc, claim("web", "data-web-1", "u4"))
 	require.NoError(t, err)
 }
+
+// TestProvisionRefusesDirectoryHoldingIncumbentArchives: the incumbent
+// archived prod/db as prod/archived-db, which no record of ours knows; a
+// claim whose namespace-scoped directory is prod must not get it (and
+// chmod it, and later delete it).
+func TestProvisionRefusesDirectoryHoldingIncumbentArchives(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	require.NoError(t, os.MkdirAll(filepath.Join(e.root, "prod/archived-db"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(e.root, "prod/archived-db/data"), []byte("old"), 0o600))
+	require.NoError(t, os.Chmod(filepath.Join(e.root, "prod"), 0o750))
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}"})
+	_, err := e.provision(t, sc, claim("prod", "c", "u1"))
+	require.ErrorContains(t, err, `holds "archived-db", named like an archive of a released volume`)
+	assert.InDelta(t, 1, e.count(metrics.OpProvision, metrics.Refused), 0)
+	info, err := os.Stat(filepath.Join(e.root, "prod"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o750), info.Mode().Perm(), "left alone")
+
+	// Without one, the namespace's directory is handed over as before.
+	require.NoError(t, os.RemoveAll(filepath.Join(e.root, "prod/archived-db")))
+	_, err = e.provision(t, sc, claim("prod", "c", "u1"))
+	require.NoError(t, err)
+}

@@ -304,7 +304,7 @@ func (p *Provisioner) makeDir(ctx context.Context, rel string, c claimRef, cls p
 	if err != nil {
 		p.undoMade(ctx, led, intent, pl.intent, made, err)
 		release()
-		refused := errors.Is(err, fs.ErrExist) || errors.Is(err, exportfs.ErrSymlink) || errors.Is(err, exportfs.ErrNotDirectory) || errors.Is(err, exportfs.ErrInvalidPath)
+		refused := errors.Is(err, fs.ErrExist) || errors.Is(err, exportfs.ErrSymlink) || errors.Is(err, exportfs.ErrNotDirectory) || errors.Is(err, exportfs.ErrInvalidPath) || errors.Is(err, exportfs.ErrHoldsArchive)
 		switch {
 		case errors.Is(err, fs.ErrExist):
 			return existingRefusal(rel, pvName, pl, err)
