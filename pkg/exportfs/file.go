@@ -221,8 +221,12 @@ func (f *FS) writeAndClose(fd int, rel string, data []byte) error {
 		unix.Close(fd)
 		return f.changeErr("flush", rel, err)
 	}
-	if err := unix.Close(fd); err != nil {
-		return f.changeErr("write", rel, err)
+	// close is never retried: the descriptor is gone whatever it returns.
+	// EINTR (a signal, as Go's preemption sends, during FUSE's or NFS's
+	// flush on close) comes after the fsync above succeeded, so the data is
+	// already written.
+	if err := unix.Close(fd); err != nil && !errors.Is(err, unix.EINTR) {
+		return f.changeErr("close", rel, err)
 	}
 	return nil
 }
