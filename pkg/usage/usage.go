@@ -67,6 +67,7 @@ type Scanner struct {
 	mu      sync.Mutex
 	entries map[string]*entry // by PV name
 	scans   map[string]uint64 // completed scans by outcome
+	synced  time.Time         // when entries last followed cfg.Volumes
 }
 
 type entry struct {
@@ -149,7 +150,28 @@ func (s *Scanner) sleep(ctx context.Context, d time.Duration) {
 // first measured at a point of the interval its name picks, so a restart
 // doesn't measure every volume at once.
 func (s *Scanner) due(now time.Time) *entry {
-	vols := s.cfg.Volumes()
+	s.mu.Lock()
+	stale := s.synced.IsZero() || now.Sub(s.synced) >= maxIdle
+	s.mu.Unlock()
+	// At most every maxIdle: with thousands of volumes and a scan every
+	// fraction of a second, listing them for each scan would cost more
+	// than the scans.
+	if stale {
+		s.sync(now, s.cfg.Volumes())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first *entry
+	for _, e := range s.entries {
+		if first == nil || e.next.Before(first.next) {
+			first = e
+		}
+	}
+	return first
+}
+
+// sync makes the entries those of vols.
+func (s *Scanner) sync(now time.Time, vols []Volume) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	seen := make(map[string]struct{}, len(vols))
@@ -161,17 +183,12 @@ func (s *Scanner) due(now time.Time) *entry {
 		}
 		s.entries[v.PV] = &entry{vol: v, next: now.Add(spread(v.PV, s.cfg.Interval))}
 	}
-	var first *entry
-	for name, e := range s.entries {
+	for name := range s.entries {
 		if _, ok := seen[name]; !ok {
 			delete(s.entries, name)
-			continue
-		}
-		if first == nil || e.next.Before(first.next) {
-			first = e
 		}
 	}
-	return first
+	s.synced = now
 }
 
 // spread maps name to an offset within interval.
@@ -239,7 +256,7 @@ func formatBytes(n uint64) string {
 func (s *Scanner) reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.entries = map[string]*entry{}
+	s.entries, s.synced = map[string]*entry{}, time.Time{}
 }
 
 // Sample is the last measurement of one volume, for the metrics.

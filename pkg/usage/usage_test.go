@@ -126,7 +126,7 @@ func TestGoneVolumesAreForgotten(t *testing.T) {
 	e.runFor(t, interval)
 	assert.Len(t, e.s.Samples(), 2)
 	e.vols = e.vols[:1]
-	e.runFor(t, time.Second)
+	e.runFor(t, maxIdle)
 	require.Len(t, e.s.Samples(), 1)
 	assert.Equal(t, "pv-a", e.s.Samples()[0].PV)
 
@@ -277,4 +277,25 @@ func TestFormatBytes(t *testing.T) {
 	for n, want := range map[uint64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 10 << 30: "10.0 GiB", 3 << 50: "3.0 PiB"} {
 		assert.Equal(t, want, formatBytes(n), "%d", n)
 	}
+}
+
+// TestVolumesListedAtMostEveryMaxIdle: a thousand volumes scanned within a
+// minute don't mean a thousand listings of the PVs.
+func TestVolumesListedAtMostEveryMaxIdle(t *testing.T) {
+	t.Parallel()
+	var vols []Volume
+	for i := range 1000 {
+		vols = append(vols, vol(fmt.Sprint(i), 1))
+	}
+	e := newEnv(t, vols...)
+	e.s.cfg.Interval = time.Minute
+	listings := 0
+	e.s.cfg.Volumes = func() []Volume { listings++; return e.vols }
+	e.runFor(t, time.Minute)
+	scans := 0
+	for _, v := range vols {
+		scans += e.export.calls(v.Dir)
+	}
+	assert.Equal(t, 1000, scans)
+	assert.LessOrEqual(t, listings, int(time.Minute/maxIdle)+1)
 }
