@@ -238,7 +238,9 @@ func (f *FS) mkdirAll(ctx context.Context, parts []string, mode uint32, uid, gid
 	if !made.Created && !existing.Any && (existing.Ino == 0 || existing.Ino != st.Ino) && !freshAndEmpty(cur, &st, existing.EmptySince) {
 		return fmt.Errorf("%s already exists and is not the directory made for this volume; its mode, owner and contents were left alone: %w", leaf, fs.ErrExist)
 	}
-	if !made.Created && existing.Any && existing.RefuseHolding != "" {
+	// Not for the directory made for this very volume (existing.Ino): what
+	// its tenant named inside it is its own.
+	if !made.Created && existing.Any && existing.RefuseHolding != "" && existing.Ino != st.Ino {
 		if name, ok := holding(cur, existing.RefuseHolding); ok {
 			return fmt.Errorf("%s holds %q, named like an archive of a released volume, which no record says is this claim's; its mode, owner and contents were left alone: move the archive aside, or give the claim another directory: %w", leaf, shownPath([]byte(name)), ErrHoldsArchive)
 		}

@@ -177,3 +177,19 @@ func TestProvisionRefusesDirectoryHoldingIncumbentArchives(t *testing.T) {
 	_, err = e.provision(t, sc, claim("prod", "c", "u1"))
 	require.NoError(t, err)
 }
+
+// TestRetryKeepsItsOwnArchiveNamedEntries: the retry of a claim whose own
+// directory already holds an archived-* entry (its tenant's name) is not
+// refused for it.
+func TestRetryKeepsItsOwnArchiveNamedEntries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testPath)
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/${.PVC.name}"})
+	pvc := claim("prod", "db", "u1")
+	pv, _, err := e.p.Provision(context.Background(), opts(sc, pvc))
+	require.NoError(t, err)
+	require.NoError(t, os.Mkdir(filepath.Join(e.root, pv.Annotations[AnnDirectory], "archived-logs"), 0o755))
+	e.restart()
+	_, _, err = e.p.Provision(context.Background(), opts(sc, pvc))
+	require.NoError(t, err, "its own directory, recorded by inode")
+}
