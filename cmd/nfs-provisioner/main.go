@@ -34,6 +34,20 @@ func newFlagSet(opts *config.Options, stderr io.Writer) (fs *flag.FlagSet, showV
 	return fs, showVersion
 }
 
+// settle completes the parsed flags from the environment and validates
+// them, saying on stderr what is wrong.
+func settle(fs *flag.FlagSet, opts *config.Options, name string, stderr io.Writer) bool {
+	if err := config.ApplyEnv(fs, os.LookupEnv); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return false
+	}
+	if err := opts.Validate(); err != nil {
+		fmt.Fprintf(stderr, "%s: invalid settings: %v\n", name, err)
+		return false
+	}
+	return true
+}
+
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "report" {
 		return runReport(args[1:], stdout, stderr)
@@ -56,12 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version.String())
 		return 0
 	}
-	if err := config.ApplyEnv(fs, os.LookupEnv); err != nil {
-		fmt.Fprintln(stderr, "nfs-provisioner:", err)
-		return 2
-	}
-	if err := opts.Validate(); err != nil {
-		fmt.Fprintln(stderr, "nfs-provisioner: invalid settings:", err)
+	if !settle(fs, &opts, "nfs-provisioner", stderr) {
 		return 2
 	}
 

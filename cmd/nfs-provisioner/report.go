@@ -43,12 +43,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "nfs-provisioner report: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-	if err := config.ApplyEnv(fs, os.LookupEnv); err != nil {
-		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
-		return 2
-	}
-	if err := opts.Validate(); err != nil {
-		fmt.Fprintln(stderr, "nfs-provisioner report: invalid settings:", err)
+	if !settle(fs, &opts, "nfs-provisioner report", stderr) {
 		return 2
 	}
 	if *format != "table" && *format != "json" {

@@ -482,7 +482,7 @@ func TestFaultExportHung(t *testing.T) {
 		// beyond the blocked calls.
 		runtimeThreads = 40
 		// 64 workers and the library's, informer, HTTP and election
-		// goroutines; measured about 150 (see the log).
+		// goroutines; measured 204–214 (see the log).
 		maxGoroutines = 400
 	)
 	e := newFaultEnv(t, nil)
