@@ -84,17 +84,24 @@ type NFSOptions struct {
 	// WorkDir holds the configuration, log, pid file and NFSv4 recovery
 	// state. Empty: a new temporary directory that Stop removes.
 	WorkDir string
+	// Address is the loopback address the server listens on and clients
+	// use, e.g. "127.0.0.2" so that two servers differ by address as two
+	// NFS servers would. Empty: "127.0.0.1". Must be an IPv4 address in
+	// 127.0.0.0/8.
+	Address string
 	// StartTimeout bounds the wait until the server answers. Zero: 30s.
 	StartTimeout time.Duration
 	// Logf, when set (e.g. t.Logf), receives start and stop messages.
 	Logf func(format string, args ...any)
 }
 
-// NFSServer is a running ganesha.nfsd serving one export on 127.0.0.1.
+// NFSServer is a running ganesha.nfsd serving one export on 127.0.0.1 (or
+// NFSOptions.Address).
 // WriteFile, ReadFile, List and URL may be called concurrently; Stop must not
 // run concurrently with Running or PID.
 type NFSServer struct {
-	// Server is the address clients use: "127.0.0.1".
+	// Server is the address clients use: "127.0.0.1" unless
+	// NFSOptions.Address says otherwise.
 	Server string
 	// ExportPath is the path clients mount, e.g. "/export"; a PV's nfs.path
 	// is ExportPath or below it.
@@ -193,6 +200,13 @@ func StartNFSServer(ctx context.Context, opts NFSOptions) (*NFSServer, error) {
 		Server:     nfsLoopback,
 		ExportPath: opts.ExportPath,
 		logf:       opts.Logf,
+	}
+	if opts.Address != "" {
+		ip := net.ParseIP(opts.Address)
+		if ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+			return nil, fmt.Errorf("invalid Address %q: want an IPv4 address in 127.0.0.0/8", opts.Address)
+		}
+		s.Server = ip.To4().String()
 	}
 	if s.ExportPath == "" {
 		s.ExportPath = nfsDefaultExport
@@ -335,12 +349,12 @@ func lockNFSStart(ctx context.Context) (unlock func(), err error) {
 // startGanesha runs one start attempt on fresh ports. retry reports whether
 // the failure may go away with other ports or a restarted rpcbind.
 func (s *NFSServer) startGanesha(ctx context.Context, pluginsDir, realDir string) (retry bool, err error) {
-	ports, err := nfsFreePorts(2)
+	ports, err := nfsFreePorts(s.Server, 2)
 	if err != nil {
 		return false, err
 	}
 	s.Port, s.MountPort = ports[0], ports[1]
-	conf := ganeshaConfig(s.Port, s.MountPort, pluginsDir, realDir, s.ExportPath, s.WorkDir)
+	conf := ganeshaConfig(s.Server, s.Port, s.MountPort, pluginsDir, realDir, s.ExportPath, s.WorkDir)
 	if err := os.WriteFile(s.ConfigFile, []byte(conf), 0o644); err != nil {
 		return false, fmt.Errorf("writing ganesha config: %w", err)
 	}
@@ -406,14 +420,14 @@ func (s *NFSServer) probe(ctx context.Context) error {
 	return err
 }
 
-func ganeshaConfig(nfsPort, mntPort int, pluginsDir, dir, pseudo, workDir string) string {
+func ganeshaConfig(bindAddr string, nfsPort, mntPort int, pluginsDir, dir, pseudo, workDir string) string {
 	// Dbus_Name_Prefix: without it every instance (and a system ganesha)
 	// claims org.ganesha.nfsd on the system bus, and a systemd
 	// "ExecStop=dbus-send ... shutdown" could stop ours. Not getting a bus
 	// name is not fatal.
 	return fmt.Sprintf(`# Written by test/framework/nfs.go
 NFS_CORE_PARAM {
-	Bind_Addr = 127.0.0.1;
+	Bind_Addr = %s;
 	NFS_Port = %d;
 	MNT_Port = %d;
 	Enable_NLM = false;
@@ -456,13 +470,13 @@ EXPORT {
 		Name = VFS;
 	}
 }
-`, nfsPort, mntPort, pluginsDir, os.Getpid(), nfsPort, filepath.Join(workDir, "ccache"), filepath.Join(workDir, "recovery"), dir, pseudo)
+`, bindAddr, nfsPort, mntPort, pluginsDir, os.Getpid(), nfsPort, filepath.Join(workDir, "ccache"), filepath.Join(workDir, "recovery"), dir, pseudo)
 }
 
-// nfsFreePorts returns n distinct free TCP ports on 127.0.0.1. They are free
+// nfsFreePorts returns n distinct free TCP ports on addr. They are free
 // when probed; a lost race shows up as "Address already in use" and the start
 // is retried.
-func nfsFreePorts(n int) ([]int, error) {
+func nfsFreePorts(addr string, n int) ([]int, error) {
 	var ports []int
 	var ls []net.Listener
 	defer func() {
@@ -471,7 +485,7 @@ func nfsFreePorts(n int) ([]int, error) {
 		}
 	}()
 	for range n {
-		l, err := net.Listen("tcp4", nfsLoopback+":0")
+		l, err := net.Listen("tcp4", net.JoinHostPort(addr, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("finding a free port: %w", err)
 		}
@@ -752,6 +766,13 @@ func (s *NFSServer) logff(format string, args ...any) {
 	if s.logf != nil {
 		s.logf(format, args...)
 	}
+}
+
+// ExportEntry is the provisioner's --export entry for this server's export
+// under name, with the exported directory as the provisioner's mount (no NFS
+// mount in between, as in the other tests).
+func (s *NFSServer) ExportEntry(name string) string {
+	return ExportEntry(name, s.Server, s.ExportPath, s.Dir)
 }
 
 // URL returns the libnfs URL for nfsPath on server using this server's ports

@@ -167,6 +167,35 @@ func TestNFSServerConcurrent(t *testing.T) {
 	assert.Equal(t, "1", string(got))
 }
 
+// A server on another loopback address is reached there and only there, as
+// two NFS servers of two exports would be.
+func TestNFSServerAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts nfs-ganesha; skipped with -short")
+	}
+	if err := NFSToolsAvailable(); err != nil {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := StartNFSServer(ctx, NFSOptions{Address: "127.0.0.2", ExportPath: "/bulk", WorkDir: t.TempDir()})
+	require.NoError(t, err)
+	defer s.Stop()
+	assert.Equal(t, "127.0.0.2", s.Server)
+	assert.Equal(t, "name=bulk,server=127.0.0.2,path=/bulk,dir="+s.Dir, s.ExportEntry("bulk"))
+	require.NoError(t, s.WriteFile(ctx, "127.0.0.2", "/bulk", "who", []byte("bulk")))
+	got, err := s.ReadFile(ctx, "127.0.0.2", "/bulk", "who")
+	require.NoError(t, err)
+	assert.Equal(t, "bulk", string(got))
+	short, cancelShort := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelShort()
+	_, err = s.ReadFile(short, "127.0.0.1", "/bulk", "who")
+	assert.Error(t, err, "nothing listens on 127.0.0.1 at its ports")
+
+	_, err = StartNFSServer(ctx, NFSOptions{Address: "10.0.0.1"})
+	assert.Error(t, err, "not loopback")
+}
+
 func TestNFSServerBadExport(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts nfs-ganesha; skipped with -short")

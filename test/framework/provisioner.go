@@ -36,12 +36,25 @@ type ProvisionerOptions struct {
 	Kubeconfig string
 	// Name, NFSServer and NFSPath become PROVISIONER_NAME, NFS_SERVER and
 	// NFS_PATH; ExportDir is the local directory standing in for the mount.
+	// With Exports, NFSServer, NFSPath and ExportDir may be left empty:
+	// then NFS_SERVER and NFS_PATH are not set and --export-dir is not
+	// passed, so the provisioner has no export named "default".
 	Name, NFSServer, NFSPath, ExportDir string
+	// Exports are passed as one --export flag each, entries like
+	// "name=fast,server=127.0.0.1,path=/fast,dir=/mnt/fast" (see
+	// ExportEntry and NFSServer.ExportEntry).
+	Exports []string
 	// Namespace and Identity become POD_NAMESPACE and POD_NAME.
 	Namespace, Identity string
 	// Args are extra flags; Env extra KEY=value settings.
 	Args, Env []string
 	LogPath   string
+}
+
+// ExportEntry is one --export (or NFS_EXPORTS) entry: the export called name
+// is server:path on the NFS server and mounted at dir for the provisioner.
+func ExportEntry(name, server, path, dir string) string {
+	return "name=" + name + ",server=" + server + ",path=" + path + ",dir=" + dir
 }
 
 // ProvisionerProcess is one running provisioner.
@@ -62,15 +75,27 @@ func StartProvisioner(ctx context.Context, o ProvisionerOptions) (*ProvisionerPr
 		return nil, err
 	}
 	addr := loopbackHostPort(ports[0])
-	env := append([]string{
-		"PROVISIONER_NAME=" + o.Name,
-		"NFS_SERVER=" + o.NFSServer,
-		"NFS_PATH=" + o.NFSPath,
-		"POD_NAMESPACE=" + o.Namespace,
-		"POD_NAME=" + o.Identity,
-		"KUBECONFIG=" + o.Kubeconfig,
-	}, o.Env...)
-	args := append([]string{"--export-dir=" + o.ExportDir, "--http-address=" + addr, "--enable-pprof", "--pprof-address=" + loopbackHostPort(ports[1])}, o.Args...)
+	env := []string{"PROVISIONER_NAME=" + o.Name}
+	// Without Exports the single export is always set, even empty, as
+	// before.
+	if len(o.Exports) == 0 || o.NFSServer != "" || o.NFSPath != "" {
+		env = append(env, "NFS_SERVER="+o.NFSServer, "NFS_PATH="+o.NFSPath)
+	}
+	env = append(env,
+		"POD_NAMESPACE="+o.Namespace,
+		"POD_NAME="+o.Identity,
+		"KUBECONFIG="+o.Kubeconfig,
+	)
+	env = append(env, o.Env...)
+	var args []string
+	if len(o.Exports) == 0 || o.ExportDir != "" {
+		args = append(args, "--export-dir="+o.ExportDir)
+	}
+	for _, x := range o.Exports {
+		args = append(args, "--export="+x)
+	}
+	args = append(args, "--http-address="+addr, "--enable-pprof", "--pprof-address="+loopbackHostPort(ports[1]))
+	args = append(args, o.Args...)
 	l := newLauncher()
 	proc, err := l.start("nfs-provisioner", o.Binary, args, env, o.LogPath)
 	if err != nil {
