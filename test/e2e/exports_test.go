@@ -1,0 +1,595 @@
+package e2e
+
+// Several exports from one install (issue 11): two real exports, each a
+// nfs-ganesha instance of its own (on 127.0.0.1 and 127.0.0.2) serving a
+// size-limited tmpfs of its own, so that free space, "full" and "read-only"
+// belong to one export only. The provisioner gets them as --export entries,
+// with no export named "default".
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+	"github.com/kube-nfs/nfs-provisioner/test/framework"
+)
+
+// annExport names the export a PV of ours is on (SPEC-exports.md).
+const annExport = "nfs.kube-nfs.io/export"
+
+const (
+	fastSize = 64 << 20
+	bulkSize = 32 << 20
+	mi       = 1 << 20
+)
+
+// testExport is one export: a tmpfs, the ganesha serving it, and its name
+// for the provisioner.
+type testExport struct {
+	name string
+	size int64
+	// dir is the tmpfs: what ganesha exports and where the provisioner
+	// sees the export (no NFS mount in between, as in the other tests).
+	dir string
+	nfs *framework.NFSServer
+}
+
+type exportsEnv struct {
+	*env
+	fast, bulk *testExport
+	exports    []*testExport
+	p          *framework.ProvisionerProcess
+}
+
+// newExportsEnv starts the control plane, mounts the two tmpfs (fast 64 MiB
+// on 127.0.0.1:/fast, bulk 32 MiB on 127.0.0.2:/bulk), serves each with its
+// own nfs-ganesha and starts the provisioner with both as --export entries
+// and extra flags args.
+func newExportsEnv(t *testing.T, args ...string) *exportsEnv {
+	t.Helper()
+	e := &exportsEnv{env: newEnv(t, envOptions{})}
+	base := t.TempDir()
+	for _, x := range []struct {
+		name, addr string
+		size       int64
+	}{{"fast", "127.0.0.1", fastSize}, {"bulk", "127.0.0.2", bulkSize}} {
+		dir := filepath.Join(base, x.name)
+		// Before ganesha and the provisioner: unmounted after they stop.
+		framework.MountTmpfs(t, dir, x.size)
+		nfs, err := framework.StartNFSServer(e.ctx, framework.NFSOptions{Dir: dir, ExportPath: "/" + x.name, Address: x.addr, WorkDir: t.TempDir()})
+		require.NoError(t, err)
+		t.Cleanup(nfs.Stop)
+		e.exports = append(e.exports, &testExport{name: x.name, size: x.size, dir: dir, nfs: nfs})
+	}
+	e.fast, e.bulk = e.exports[0], e.exports[1]
+
+	e.procs++
+	id := fmt.Sprintf("provisioner-%d", e.procs)
+	logPath := filepath.Join(e.logDir, id+".log")
+	p, err := framework.StartProvisioner(e.ctx, framework.ProvisionerOptions{
+		Binary: e.bin, Kubeconfig: e.kubeconfig, Name: provisionerName,
+		Exports:   []string{e.fast.nfs.ExportEntry("fast"), e.bulk.nfs.ExportEntry("bulk")},
+		Namespace: namespace, Identity: id, Args: args, LogPath: logPath,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if !p.Exited() {
+			p.Terminate(10 * time.Second)
+		}
+		assert.NotContains(t, strings.ToLower(p.Log()), "forbidden", "%s: deploy/rbac.yaml lacks a rule the binary needs (log %s)", id, logPath)
+	})
+	e.p = p
+	return e
+}
+
+func (e *exportsEnv) export(name string) *testExport {
+	for _, x := range e.exports {
+		if x.name == name {
+			return x
+		}
+	}
+	e.t.Fatalf("no export %q in the test", name)
+	return nil
+}
+
+func withSize(size string) func(*v1.PersistentVolumeClaim) {
+	return func(c *v1.PersistentVolumeClaim) {
+		c.Spec.Resources.Requests[v1.ResourceStorage] = resource.MustParse(size)
+	}
+}
+
+// assertOnExport checks that the PV is on export x and on no other: its
+// annotation, spec.nfs.server and path, its directory on x's tmpfs only,
+// and reachability over NFS through x's server (a file written through the
+// PV's server:path is read back over NFS and found on x's tmpfs, in the
+// directory, and nowhere on the others). It returns the directory.
+func (e *exportsEnv) assertOnExport(pv *v1.PersistentVolume, x *testExport) string {
+	t := e.t
+	t.Helper()
+	dir := pv.Annotations[provisioner.AnnDirectory]
+	require.NotEmpty(t, dir, "PV %s has no directory annotation", pv.Name)
+	require.Equal(t, x.name, pv.Annotations[annExport], "PV %s: export annotation", pv.Name)
+	require.Equal(t, x.nfs.Server, pv.Spec.NFS.Server, "PV %s: spec.nfs.server is export %s's", pv.Name, x.name)
+	require.Equal(t, x.nfs.ExportPath+"/"+dir, pv.Spec.NFS.Path, "PV %s: spec.nfs.path is in export %s", pv.Name, x.name)
+	require.DirExists(t, filepath.Join(x.dir, dir), "PV %s: directory on export %s", pv.Name, x.name)
+	for _, o := range e.exports {
+		if o != x {
+			assert.NoDirExists(t, filepath.Join(o.dir, dir), "PV %s of export %s: directory also on export %s", pv.Name, x.name, o.name)
+		}
+	}
+
+	name := "written-by-" + pv.Name
+	require.NoError(t, x.nfs.WriteFile(e.ctx, pv.Spec.NFS.Server, pv.Spec.NFS.Path, name, []byte(pv.Name)), "PV %s through export %s's server", pv.Name, x.name)
+	got, err := x.nfs.ReadFile(e.ctx, pv.Spec.NFS.Server, pv.Spec.NFS.Path, name)
+	require.NoError(t, err)
+	require.Equal(t, pv.Name, string(got))
+	data, err := os.ReadFile(filepath.Join(x.dir, dir, name))
+	require.NoError(t, err, "file written over NFS to %s:%s is not in %s on export %s's tmpfs", pv.Spec.NFS.Server, pv.Spec.NFS.Path, dir, x.name)
+	require.Equal(t, pv.Name, string(data))
+	for _, o := range e.exports {
+		if o != x {
+			assert.NoFileExists(t, filepath.Join(o.dir, dir, name))
+		}
+	}
+	return dir
+}
+
+// metrics scrapes /metrics.
+func (e *exportsEnv) metrics() string {
+	e.t.Helper()
+	code, body, err := e.p.Get(e.ctx, "/metrics")
+	require.NoError(e.t, err)
+	require.Equal(e.t, 200, code)
+	return body
+}
+
+// waitFreeBelow waits until the provisioner reports less than limit free
+// bytes on export x, so that a fill of the tmpfs is known to it.
+func (e *exportsEnv) waitFreeBelow(x *testExport, limit int64) {
+	e.t.Helper()
+	series := fmt.Sprintf(`nfs_provisioner_export_free_bytes{export=%q}`, x.name)
+	v := waitMetric(e.t, e.ctx, e.p, series, func(v float64) bool { return v < float64(limit) })
+	e.t.Logf("export %s: %s %.0f (%.1f MiB)", x.name, series, v, v/mi)
+}
+
+// fillExport writes a file of n bytes straight into the export's tmpfs,
+// behind the provisioner's back, as other users of a shared export would.
+func fillExport(t *testing.T, x *testExport, name string, n int) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(x.dir, name), make([]byte, n), 0o644))
+	free, err := framework.FreeBytes(x.dir)
+	require.NoError(t, err)
+	t.Logf("export %s: wrote %d MiB into its tmpfs, %.1f MiB free", x.name, n/mi, float64(free)/mi)
+}
+
+// pvsByExport lists our PVs per export annotation.
+func (e *exportsEnv) pvsByExport() map[string][]v1.PersistentVolume {
+	e.t.Helper()
+	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	require.NoError(e.t, err)
+	out := map[string][]v1.PersistentVolume{}
+	for _, pv := range pvs.Items {
+		out[pv.Annotations[annExport]] = append(out[pv.Annotations[annExport]], pv)
+	}
+	return out
+}
+
+// assertNoPVFor checks that no PV is bound or pre-bound to the claim.
+func (e *exportsEnv) assertNoPVFor(ns, claim string) {
+	e.t.Helper()
+	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
+	require.NoError(e.t, err)
+	for _, pv := range pvs.Items {
+		if ref := pv.Spec.ClaimRef; ref != nil && ref.Namespace == ns && ref.Name == claim {
+			e.t.Errorf("claim %s/%s has PV %s (export %s) though it was refused", ns, claim, pv.Name, pv.Annotations[annExport])
+		}
+	}
+	pvc, err := e.client.CoreV1().PersistentVolumeClaims(ns).Get(e.ctx, claim, metav1.GetOptions{})
+	require.NoError(e.t, err)
+	assert.Equal(e.t, v1.ClaimPending, pvc.Status.Phase, "claim %s/%s", ns, claim)
+}
+
+// trees snapshots every export's tree (without the provisioner's own
+// state and readiness probe files).
+func (e *exportsEnv) trees() map[string]map[string]entry {
+	e.t.Helper()
+	out := map[string]map[string]entry{}
+	for _, x := range e.exports {
+		out[x.name] = tree(e.t, x.dir)
+	}
+	return out
+}
+
+// TestExportsPlacement: claims go to the export their class names, with
+// the PV's server, path and annotation of that export and the directory on
+// its filesystem only, reachable over NFS through its server; a class of
+// both places by free space; deletes and archives happen on the claim's own
+// export; an unknown export is refused with the list of served ones.
+func TestExportsPlacement(t *testing.T) {
+	e := newExportsEnv(t)
+	const ns = "team-a"
+	e.namespace(ns)
+
+	t.Log("a. each class's export")
+	e.class("on-fast", map[string]string{"export": "fast", "onDelete": "delete"})
+	e.class("on-bulk", map[string]string{"export": "bulk", "onDelete": "delete"})
+	e.claim(ns, "a-fast", "on-fast", withSize("1Mi"))
+	e.claim(ns, "a-bulk", "on-bulk", withSize("1Mi"))
+	_, pv := e.waitBound(ns, "a-fast", 30*time.Second)
+	e.assertOnExport(pv, e.fast)
+	_, pv = e.waitBound(ns, "a-bulk", 30*time.Second)
+	e.assertOnExport(pv, e.bulk)
+
+	t.Log("g. an unknown export is refused, naming the served ones")
+	e.class("nowhere", map[string]string{"export": "nope"})
+	before := e.trees()
+	e.claim(ns, "g-nope", "nowhere", withSize("1Mi"))
+	ev := e.waitEvent(ns, "g-nope", "ProvisioningFailed", "which this provisioner doesn't serve", 30*time.Second)
+	t.Logf("Event on g-nope: %s", ev.Message)
+	assert.Equal(t, "Warning", ev.Type)
+	assert.Contains(t, ev.Message, `nope`)
+	assert.Contains(t, ev.Message, "fast")
+	assert.Contains(t, ev.Message, "bulk")
+	e.assertNoPVFor(ns, "g-nope")
+	assert.Equal(t, before, e.trees(), "nothing written for a refused claim")
+
+	t.Log("b. a class of both exports places by free space")
+	e.class("spread", map[string]string{"export": "fast,bulk", "onDelete": "delete"})
+	e.claim(ns, "b-1", "spread", withSize("1Mi"))
+	_, pv = e.waitBound(ns, "b-1", 30*time.Second)
+	e.assertOnExport(pv, e.fast) // 64 MiB free beats 32
+
+	// fast down to about 16 MiB free: bulk (about 32) has more.
+	fillExport(t, e.fast, "filler", 48*mi)
+	e.waitFreeBelow(e.fast, 20*mi)
+	e.claim(ns, "b-2", "spread", withSize("1Mi"))
+	_, pv = e.waitBound(ns, "b-2", 30*time.Second)
+	e.assertOnExport(pv, e.bulk)
+
+	// The reverse: bulk down to about 8 MiB free, below fast's 16.
+	fillExport(t, e.bulk, "filler", 24*mi)
+	e.waitFreeBelow(e.bulk, 12*mi)
+	e.claim(ns, "b-3", "spread", withSize("1Mi"))
+	_, pv = e.waitBound(ns, "b-3", 30*time.Second)
+	e.assertOnExport(pv, e.fast)
+	require.NoError(t, os.Remove(filepath.Join(e.fast.dir, "filler")))
+	require.NoError(t, os.Remove(filepath.Join(e.bulk.dir, "filler")))
+
+	t.Log("d. deletes and archives on the claim's own export")
+	// The same directory name ("data", "logs") on both exports, from two
+	// namespaces: acting on the wrong export would hit the other's twin.
+	pattern := map[string]string{"pathPattern": "${.PVC.name}"}
+	for _, c := range []struct{ name, export, onDelete string }{
+		{"fast-delete", "fast", "delete"}, {"fast-archive", "fast", "archive"},
+		{"bulk-delete", "bulk", "delete"}, {"bulk-archive", "bulk", "archive"},
+	} {
+		e.class(c.name, map[string]string{"export": c.export, "onDelete": c.onDelete, "pathPattern": pattern["pathPattern"]})
+	}
+	e.namespace("d-1")
+	e.namespace("d-2")
+	cases := []struct {
+		ns, claim, class string
+		x                *testExport
+		archived         bool
+	}{
+		{"d-1", "data", "fast-delete", e.fast, false},
+		{"d-2", "data", "bulk-archive", e.bulk, true},
+		{"d-2", "logs", "fast-archive", e.fast, true},
+		{"d-1", "logs", "bulk-delete", e.bulk, false},
+	}
+	pvs := map[string]*v1.PersistentVolume{}
+	for _, c := range cases {
+		e.claim(c.ns, c.claim, c.class, withSize("1Mi"))
+	}
+	for _, c := range cases {
+		_, pv := e.waitBound(c.ns, c.claim, 30*time.Second)
+		require.Equal(t, c.claim, e.assertOnExport(pv, c.x))
+		require.NoError(t, os.WriteFile(filepath.Join(c.x.dir, c.claim, "data.txt"), []byte(c.ns+"/"+c.claim), 0o644))
+		pvs[c.ns+"/"+c.claim] = pv
+	}
+	for _, c := range cases {
+		before := e.trees()
+		pv := pvs[c.ns+"/"+c.claim]
+		require.NoError(t, e.client.CoreV1().PersistentVolumeClaims(c.ns).Delete(e.ctx, c.claim, metav1.DeleteOptions{}))
+		e.waitPVGone(pv.Name, 30*time.Second)
+		after := e.trees()
+		for _, o := range e.exports {
+			if o != c.x {
+				assert.Equal(t, before[o.name], after[o.name], "deleting %s/%s (export %s) changed export %s", c.ns, c.claim, c.x.name, o.name)
+			}
+		}
+		own := after[c.x.name]
+		var archives []string
+		for p := range own {
+			_, existed := before[c.x.name][p]
+			if m := archiveName.FindStringSubmatch(p); m != nil && m[1] == c.claim && !existed {
+				archives = append(archives, p)
+			}
+		}
+		assert.Equal(t, outside(before[c.x.name], c.claim), outside(own, append([]string{c.claim}, archives...)...), "deleting %s/%s changed other things on export %s", c.ns, c.claim, c.x.name)
+		assert.NoDirExists(t, filepath.Join(c.x.dir, c.claim), "%s/%s", c.ns, c.claim)
+		if c.archived {
+			if assert.Len(t, archives, 1, "one archive of %s/%s on export %s: %v", c.ns, c.claim, c.x.name, own) {
+				data, err := os.ReadFile(filepath.Join(c.x.dir, archives[0], "data.txt"))
+				require.NoError(t, err)
+				assert.Equal(t, c.ns+"/"+c.claim, string(data))
+			}
+		} else {
+			assert.Empty(t, archives, "%s/%s deleted, not archived", c.ns, c.claim)
+		}
+		t.Logf("deleted %s/%s (export %s, archived %v): export %s now %v", c.ns, c.claim, c.x.name, c.archived, c.x.name, sortedKeys(own))
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestExportsCapacityCheck: with capacityCheck a claim larger than the
+// export's free bytes is refused, and with overcommitRatio 1.0 a claim that
+// would make the PVs on the export sum above its size; nothing is made for
+// a refused claim, and the other export and claims that fit are unaffected.
+func TestExportsCapacityCheck(t *testing.T) {
+	e := newExportsEnv(t)
+	const ns = "team-a"
+	e.namespace(ns)
+
+	t.Log("overcommitRatio 1.0 on bulk (32 MiB): 20 Mi fits, a second 20 Mi doesn't, 10 Mi more does")
+	e.class("bulk-ratio", map[string]string{"export": "bulk", "capacityCheck": "true", "overcommitRatio": "1.0", "onDelete": "delete"})
+	e.claim(ns, "o-1", "bulk-ratio", withSize("20Mi"))
+	_, pv := e.waitBound(ns, "o-1", 30*time.Second)
+	e.assertOnExport(pv, e.bulk)
+	before := e.trees()
+	e.claim(ns, "o-2", "bulk-ratio", withSize("20Mi"))
+	ev := e.waitEvent(ns, "o-2", "ProvisioningFailed", "overcommitRatio", 30*time.Second)
+	t.Logf("Event on o-2: %s", ev.Message)
+	assert.Equal(t, "Warning", ev.Type)
+	assert.Contains(t, ev.Message, "bulk")
+	e.claim(ns, "o-3", "bulk-ratio", withSize("10Mi"))
+	_, pv = e.waitBound(ns, "o-3", 30*time.Second)
+	e.assertOnExport(pv, e.bulk)
+	e.assertNoPVFor(ns, "o-2")
+	after := e.trees()
+	assert.Equal(t, before["fast"], after["fast"])
+	dir3 := pv.Annotations[provisioner.AnnDirectory]
+	assert.Equal(t, before["bulk"], outside(after["bulk"], dir3), "nothing on bulk for the refused claim")
+
+	t.Log("capacityCheck: larger than the export's free bytes")
+	e.class("bulk-checked", map[string]string{"export": "bulk", "capacityCheck": "true", "onDelete": "delete"})
+	e.class("fast-checked", map[string]string{"export": "fast", "capacityCheck": "true", "onDelete": "delete"})
+	before = e.trees()
+	e.claim(ns, "c-big", "bulk-checked", withSize("48Mi"))
+	ev = e.waitEvent(ns, "c-big", "ProvisioningFailed", "free", 30*time.Second)
+	t.Logf("Event on c-big: %s", ev.Message)
+	assert.Equal(t, "Warning", ev.Type)
+	assert.Contains(t, ev.Message, "bulk")
+	assert.NotContains(t, ev.Message, "overcommitRatio", "no ratio in this class")
+	// The same request fits fast (64 MiB).
+	e.claim(ns, "c-big-fast", "fast-checked", withSize("48Mi"))
+	_, pvFast := e.waitBound(ns, "c-big-fast", 30*time.Second)
+	e.assertOnExport(pvFast, e.fast)
+	// And a small one fits bulk: PVs there sum above its size already, but
+	// this class has no ratio.
+	e.claim(ns, "c-small", "bulk-checked", withSize("8Mi"))
+	_, pvSmall := e.waitBound(ns, "c-small", 30*time.Second)
+	e.assertOnExport(pvSmall, e.bulk)
+	e.assertNoPVFor(ns, "c-big")
+	after = e.trees()
+	assert.Equal(t, before["bulk"], outside(after["bulk"], pvSmall.Annotations[provisioner.AnnDirectory]), "nothing on bulk for the refused claim")
+
+	// Free space shrinks: 24 MiB written into bulk's tmpfs leave about 8.
+	fillExport(t, e.bulk, "filler", 24*mi)
+	e.waitFreeBelow(e.bulk, 12*mi)
+	e.claim(ns, "c-after-fill", "bulk-checked", withSize("10Mi"))
+	ev = e.waitEvent(ns, "c-after-fill", "ProvisioningFailed", "free", 30*time.Second)
+	t.Logf("Event on c-after-fill: %s", ev.Message)
+	assert.Contains(t, ev.Message, "bulk")
+	e.assertNoPVFor(ns, "c-after-fill")
+	// Space back: it binds without anyone touching it.
+	require.NoError(t, os.Remove(filepath.Join(e.bulk.dir, "filler")))
+	_, pv = e.waitBound(ns, "c-after-fill", 90*time.Second)
+	e.assertOnExport(pv, e.bulk)
+}
+
+// TestExportsOneUnwritable: with one export read-only, the other keeps
+// provisioning, claims of the broken one get Warning Events, /readyz stays
+// 200 and nfs_provisioner_export_ready tells the two apart; once writable
+// again, the waiting claims bind.
+func TestExportsOneUnwritable(t *testing.T) {
+	e := newExportsEnv(t)
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("on-fast", map[string]string{"export": "fast", "onDelete": "delete"})
+	e.class("on-bulk", map[string]string{"export": "bulk", "onDelete": "delete"})
+	e.claim(ns, "before-bulk", "on-bulk", withSize("1Mi"))
+	_, pv := e.waitBound(ns, "before-bulk", 30*time.Second)
+	require.Equal(t, "bulk", pv.Annotations[annExport])
+	e.waitReadyz(e.p, 200)
+	e.waitExportReady("fast", 1)
+	e.waitExportReady("bulk", 1)
+
+	e.remountReadOnly(e.bulk)
+	e.waitExportReady("bulk", 0)
+	code, body, err := e.p.Get(e.ctx, "/readyz")
+	require.NoError(t, err)
+	t.Logf("/readyz with bulk read-only: %d %s", code, strings.TrimSpace(body))
+	assert.Equal(t, 200, code, "one export is still writable")
+	assert.Contains(t, body, "bulk")
+	assert.Contains(t, body, "read-only file system")
+	assert.Contains(t, body, "fast")
+	m := e.metrics()
+	assert.Equal(t, 0.0, metricValue(t, m, `nfs_provisioner_export_ready{export="bulk"}`))
+	assert.Equal(t, 1.0, metricValue(t, m, `nfs_provisioner_export_ready{export="fast"}`))
+
+	broken := []string{"broken-1", "broken-2", "broken-3"}
+	healthy := []string{"healthy-1", "healthy-2", "healthy-3"}
+	for i := range broken {
+		e.claim(ns, broken[i], "on-bulk", withSize("1Mi"))
+		e.claim(ns, healthy[i], "on-fast", withSize("1Mi"))
+	}
+	for _, c := range healthy {
+		_, pv := e.waitBound(ns, c, 30*time.Second)
+		e.assertOnExport(pv, e.fast)
+	}
+	for _, c := range broken {
+		ev := e.waitEvent(ns, c, "ProvisioningFailed", "read-only file system", 30*time.Second)
+		assert.Equal(t, "Warning", ev.Type)
+		t.Logf("Event on %s: %s", c, ev.Message)
+		e.assertNoPVFor(ns, c)
+	}
+	code, _, err = e.p.Get(e.ctx, "/readyz")
+	require.NoError(t, err)
+	assert.Equal(t, 200, code)
+	m = e.metrics()
+	assert.Equal(t, 0.0, metricValue(t, m, `nfs_provisioner_export_ready{export="bulk"}`))
+	assert.Equal(t, 1.0, metricValue(t, m, `nfs_provisioner_export_ready{export="fast"}`))
+
+	require.NoError(t, framework.RemountReadOnly(e.bulk.dir, false))
+	e.waitExportReady("bulk", 1)
+	for _, c := range broken {
+		// The library's per-claim back-off (1 s doubling) decides when.
+		_, pv := e.waitBound(ns, c, 90*time.Second)
+		e.assertOnExport(pv, e.bulk)
+	}
+}
+
+// remountReadOnly makes x's tmpfs read-only, which stops root too, and
+// makes it writable again when the test ends. The kernel refuses while a
+// file on it is open for writing (ganesha may keep one open a while), so it
+// retries.
+func (e *exportsEnv) remountReadOnly(x *testExport) {
+	e.t.Helper()
+	var err error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err = framework.RemountReadOnly(x.dir, true)
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	require.NoError(e.t, err)
+	e.t.Cleanup(func() {
+		if err := framework.RemountReadOnly(x.dir, false); err != nil {
+			e.t.Logf("%v", err)
+		}
+	})
+	require.ErrorIs(e.t, os.Mkdir(filepath.Join(x.dir, ".e2e-ro-probe"), 0o755), unix.EROFS)
+}
+
+// waitExportReady asks /readyz (which runs the readiness check) until
+// nfs_provisioner_export_ready of the export is v.
+func (e *exportsEnv) waitExportReady(export string, v float64) {
+	e.t.Helper()
+	series := fmt.Sprintf(`nfs_provisioner_export_ready{export=%q}`, export)
+	last := -1.0
+	err := wait.PollUntilContextTimeout(e.ctx, 300*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		if _, _, err := e.p.Get(ctx, "/readyz"); err != nil {
+			return false, nil
+		}
+		_, body, err := e.p.Get(ctx, "/metrics")
+		if err != nil {
+			return false, nil
+		}
+		last = sample(body, series)
+		return last == v, nil
+	})
+	require.NoError(e.t, err, "%s is %v, not %v", series, last, v)
+}
+
+// TestExportsBurst: 200 claims of a class of both exports at once all bind,
+// each PV on the export its annotation names, and both exports get a share.
+func TestExportsBurst(t *testing.T) {
+	const n, parallel = 200, 16
+	e := newExportsEnv(t)
+	const ns = "burst"
+	e.namespace(ns)
+	e.class("spread", map[string]string{"export": "fast,bulk", "onDelete": "delete"})
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	names := make(chan string, n)
+	for i := range n {
+		names <- fmt.Sprintf("c-%03d", i)
+	}
+	close(names)
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range names {
+				pvc := newClaim(ns, name, "spread")
+				withSize("1Mi")(pvc)
+				if _, err := e.client.CoreV1().PersistentVolumeClaims(ns).Create(e.ctx, pvc, metav1.CreateOptions{}); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("claim %s: %w", name, err))
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, errors.Join(errs...))
+	done := e.waitBurstBound(ns, n, 5*time.Minute)
+	t.Logf("%d claims Bound in %v", n, done.Sub(start).Round(time.Millisecond))
+
+	byExport := e.pvsByExport()
+	counts := map[string]int{}
+	for name, pvs := range byExport {
+		counts[name] = len(pvs)
+	}
+	t.Logf("burst of %d claims of export \"fast,bulk\": PVs per export %v", n, counts)
+	assert.Equal(t, n, counts["fast"]+counts["bulk"], "every PV on fast or bulk: %v", counts)
+	for _, x := range e.exports {
+		assert.GreaterOrEqual(t, counts[x.name], n/4, "export %s got %d of %d claims", x.name, counts[x.name], n)
+		entries, err := readExportRoot(x.dir)
+		require.NoError(t, err)
+		var dirs []string
+		for _, en := range entries {
+			if !strings.HasPrefix(en.Name(), ".nfs-provisioner") {
+				dirs = append(dirs, en.Name())
+			}
+		}
+		var want []string
+		for _, pv := range byExport[x.name] {
+			assert.Equal(t, x.nfs.Server, pv.Spec.NFS.Server, "PV %s", pv.Name)
+			assert.Equal(t, x.nfs.ExportPath+"/"+pv.Annotations[provisioner.AnnDirectory], pv.Spec.NFS.Path, "PV %s", pv.Name)
+			want = append(want, pv.Annotations[provisioner.AnnDirectory])
+		}
+		sort.Strings(want)
+		sort.Strings(dirs)
+		assert.Equal(t, want, dirs, "export %s holds exactly the directories of its PVs", x.name)
+	}
+	// A few of each reachable through their own server.
+	for _, x := range e.exports {
+		for i, pv := range byExport[x.name] {
+			if i == 3 {
+				break
+			}
+			e.assertOnExport(&pv, x)
+		}
+	}
+}
