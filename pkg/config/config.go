@@ -9,6 +9,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 )
 
 // Options are the process settings. Parse fills them.
@@ -17,7 +19,9 @@ type Options struct {
 	NFSServer       string
 	NFSPath         string
 	ExportDir       string
-	Kubeconfig      string
+	// Exports are the --export entries (or NFS_EXPORTS), unparsed.
+	Exports    exportFlag
+	Kubeconfig string
 
 	LeaderElect              bool
 	LeaderElectNamespace     string
@@ -78,6 +82,7 @@ var flagEnv = []struct{ flag, env string }{
 	{"nfs-path", "NFS_PATH"},
 	{"leader-elect", "ENABLE_LEADER_ELECTION"},
 	{"export-dir", "EXPORT_DIR"},
+	{"export", "NFS_EXPORTS"},
 	{"kubeconfig", "KUBECONFIG"},
 	{"leader-elect-namespace", "POD_NAMESPACE"},
 	{"leader-elect-identity", "POD_NAME"},
@@ -113,9 +118,10 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 		return fmt.Sprintf("%s (env %s)", text, EnvVar(name))
 	}
 	fs.StringVar(&o.ProvisionerName, "provisioner-name", "", help("provisioner-name", "Name StorageClasses give in their provisioner field. Required."))
-	fs.StringVar(&o.NFSServer, "nfs-server", "", help("nfs-server", "NFS server written into every PersistentVolume. Required."))
-	fs.StringVar(&o.NFSPath, "nfs-path", "", help("nfs-path", "Absolute path of the export on the NFS server, mounted at --export-dir. Required."))
-	fs.StringVar(&o.ExportDir, "export-dir", DefaultExportDir, help("export-dir", "Where the export is mounted in this container."))
+	fs.StringVar(&o.NFSServer, "nfs-server", "", help("nfs-server", "NFS server of the export named default, written into its PersistentVolumes. Required unless --export is given."))
+	fs.StringVar(&o.NFSPath, "nfs-path", "", help("nfs-path", "Absolute path on the NFS server of the export named default, mounted at --export-dir. Required with --nfs-server."))
+	fs.StringVar(&o.ExportDir, "export-dir", DefaultExportDir, help("export-dir", "Where the export named default is mounted in this container."))
+	fs.Var(&o.Exports, "export", help("export", "An export to serve besides or instead of the default one: name=<name>,server=<server>,path=<exported path>,dir=<mount dir>; repeat the flag, or separate entries with \";\"."))
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", help("kubeconfig", "Kubeconfig file, when running outside a cluster; in-cluster credentials when empty."))
 	fs.BoolVar(&o.LeaderElect, "leader-elect", true, help("leader-elect", "Elect one active replica through a coordination.k8s.io Lease."))
 	fs.StringVar(&o.LeaderElectNamespace, "leader-elect-namespace", "", help("leader-elect-namespace", "Namespace of the Lease; the service account's namespace, else \"default\", when empty."))
@@ -166,10 +172,17 @@ func (o *Options) Validate() error {
 		}
 	}
 	required(o.ProvisionerName, "provisioner-name")
-	required(o.NFSServer, "nfs-server")
-	required(o.NFSPath, "nfs-path")
+	if len(o.Exports) == 0 || o.NFSServer != "" || o.NFSPath != "" {
+		required(o.NFSServer, "nfs-server")
+		required(o.NFSPath, "nfs-path")
+	}
 	if o.NFSPath != "" && !path.IsAbs(o.NFSPath) {
 		errs = append(errs, fmt.Errorf("--nfs-path %q must be an absolute path on the NFS server", o.NFSPath))
+	}
+	if len(errs) == 0 {
+		if _, err := o.ExportList(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if strings.ContainsAny(o.ProvisionerName, " \t\n") {
 		errs = append(errs, fmt.Errorf("--provisioner-name %q must not contain white space", o.ProvisionerName))
@@ -203,6 +216,41 @@ func (o *Options) Validate() error {
 	}
 	// One line, so a crash-looping pod's last log line says it all.
 	return errors.New(strings.Join(msgs, "; "))
+}
+
+// ExportList returns the exports to serve: the one named default when
+// --nfs-server (NFS_SERVER) is given, then the --export entries, validated.
+func (o *Options) ExportList() (*exports.Set, error) {
+	var list []exports.Export
+	if o.NFSServer != "" || o.NFSPath != "" {
+		list = append(list, exports.Export{Name: exports.DefaultName, Server: o.NFSServer, Path: o.NFSPath, Dir: o.ExportDir})
+	}
+	for _, entry := range o.Exports {
+		parsed, err := exports.ParseList(entry)
+		if err != nil {
+			return nil, fmt.Errorf("--export (or %s): %w", EnvVar("export"), err)
+		}
+		list = append(list, parsed...)
+	}
+	set, err := exports.NewSet(list)
+	if err != nil {
+		return nil, fmt.Errorf("--export (or %s), --nfs-server and --nfs-path: %w", EnvVar("export"), err)
+	}
+	return set, nil
+}
+
+// exportFlag collects the --export entries; each value may hold several,
+// separated by ";" as in NFS_EXPORTS.
+type exportFlag []string
+
+func (f *exportFlag) String() string { return strings.Join(*f, ";") }
+
+func (f *exportFlag) Set(v string) error {
+	if _, err := exports.ParseList(v); err != nil {
+		return err
+	}
+	*f = append(*f, v)
+	return nil
 }
 
 // PprofServeAddress is where /debug/pprof/ is served, "" when it is off.

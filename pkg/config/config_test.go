@@ -181,3 +181,51 @@ func TestPprofAddress(t *testing.T) {
 		})
 	}
 }
+
+func TestExportList(t *testing.T) {
+	t.Parallel()
+	two := "name=fast,server=10.0.0.1,path=/ssd,dir=/exports/fast;name=bulk,server=10.0.0.2,path=/hdd/k8s,dir=/exports/bulk"
+	names := func(o Options) []string {
+		set, err := o.ExportList()
+		require.NoError(t, err)
+		var out []string
+		for _, e := range set.All() {
+			out = append(out, e.Name+"="+e.Server+":"+e.Path+"@"+e.Dir)
+		}
+		return out
+	}
+
+	o, err := parse(t, nil, incumbentEnv)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"default=10.0.0.5:/srv/nfs/k8s/@/persistentvolumes"}, names(o), "the incumbent's settings declare the export named default")
+
+	o, err = parse(t, nil, map[string]string{"PROVISIONER_NAME": "p", "NFS_EXPORTS": two})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"fast=10.0.0.1:/ssd@/exports/fast", "bulk=10.0.0.2:/hdd/k8s@/exports/bulk"}, names(o), "NFS_EXPORTS alone")
+
+	o, err = parse(t, []string{"--export=name=fast,server=10.0.0.1,path=/ssd,dir=/exports/fast", "--export", "name=bulk,server=10.0.0.2,path=/hdd,dir=/exports/bulk"}, incumbentEnv)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"default=10.0.0.5:/srv/nfs/k8s/@/persistentvolumes", "fast=10.0.0.1:/ssd@/exports/fast", "bulk=10.0.0.2:/hdd@/exports/bulk"}, names(o), "repeated flags besides the default export")
+
+	o, err = parse(t, []string{"--export=name=fast,server=10.0.0.1,path=/ssd,dir=/exports/fast"}, map[string]string{"PROVISIONER_NAME": "p", "NFS_EXPORTS": two})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"fast=10.0.0.1:/ssd@/exports/fast"}, names(o), "the flag wins over the variable")
+
+	for _, bad := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{nil, map[string]string{"PROVISIONER_NAME": "p"}, "--nfs-server (or NFS_SERVER) is required"},
+		{nil, map[string]string{"PROVISIONER_NAME": "p", "NFS_PATH": "/x", "NFS_EXPORTS": two}, "--nfs-server (or NFS_SERVER) is required"},
+		{nil, map[string]string{"PROVISIONER_NAME": "p", "NFS_EXPORTS": "name=fast,server=s,path=/p"}, `environment variable NFS_EXPORTS="name=fast,server=s,path=/p": export "name=fast,server=s,path=/p": dir "" must be an absolute path`},
+		{[]string{"--export=name=default,server=s,path=/p,dir=/d"}, incumbentEnv, `export name "default" is declared twice`},
+		{[]string{"--export=name=a,server=10.0.0.5,path=/srv/nfs,dir=/d"}, incumbentEnv, "declare it once"},
+		{[]string{"--export=name=a,server=s,path=/p,dir=/persistentvolumes/a"}, incumbentEnv, "one inside the other"},
+	} {
+		_, err := parse(t, bad.args, bad.env)
+		require.Error(t, err, bad.want)
+		assert.Contains(t, err.Error(), bad.want)
+		assert.NotContains(t, err.Error(), "\n", "one line")
+	}
+}

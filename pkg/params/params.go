@@ -4,11 +4,13 @@ package params
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
 
@@ -22,6 +24,9 @@ const (
 	KeyGID             = "gid"
 	KeyAllowSharedPath = "allowSharedPath"
 	KeyReuseExisting   = "reuseExistingDirectory"
+	KeyExport          = "export"
+	KeyCapacityCheck   = "capacityCheck"
+	KeyOvercommitRatio = "overcommitRatio"
 )
 
 // OnDelete is what happens to a volume's directory when its PV is deleted.
@@ -63,12 +68,20 @@ type Class struct {
 	// ReuseExisting lets a claim be given a directory that already exists
 	// though the provisioner didn't make it for that claim.
 	ReuseExisting bool
+	// Exports are the exports the class's claims may go to, in the order
+	// given (placement breaks ties by it).
+	Exports []string
+	// CapacityCheck refuses claims larger than the export's free bytes
+	// and, when OvercommitRatio > 0, claims that would take the capacities
+	// of the export's PVs above OvercommitRatio times its size.
+	CapacityCheck   bool
+	OvercommitRatio float64
 }
 
 // Parse validates every parameter and returns all problems in one error, so
 // an operator fixes a StorageClass in one go.
 func Parse(p map[string]string) (Class, error) {
-	c := Class{OnDelete: Archive, Mode: DefaultMode}
+	c := Class{OnDelete: Archive, Mode: DefaultMode, Exports: []string{exports.DefaultName}}
 	var problems []string
 	bad := func(key, format string, args ...any) {
 		problems = append(problems, fmt.Sprintf("parameter %s: ", volpath.Quote(key))+fmt.Sprintf(format, args...))
@@ -137,9 +150,33 @@ func Parse(p map[string]string) (Class, error) {
 				bad(key, "%q is not a boolean (use \"true\" or \"false\")", v)
 			}
 			c.ReuseExisting = reuse
+		case KeyExport:
+			names, err := exports.ParseNames(v)
+			if err != nil {
+				bad(key, "%v", err)
+			} else {
+				c.Exports = names
+			}
+		case KeyCapacityCheck:
+			check, err := strconv.ParseBool(v)
+			if err != nil {
+				bad(key, "%s is not a boolean (use \"true\" or \"false\")", volpath.Quote(v))
+			}
+			c.CapacityCheck = check
+		case KeyOvercommitRatio:
+			ratio, err := strconv.ParseFloat(v, 64)
+			switch {
+			case err != nil || math.IsNaN(ratio) || math.IsInf(ratio, 0) || ratio <= 0:
+				bad(key, "%s is not a positive decimal (e.g. \"1.5\")", volpath.Quote(v))
+			default:
+				c.OvercommitRatio = ratio
+			}
 		default:
 			bad(key, "unknown; allowed are %s", strings.Join(Keys(), ", "))
 		}
+	}
+	if c.OvercommitRatio > 0 && !c.CapacityCheck {
+		bad(KeyOvercommitRatio, "applies only with %s: \"true\"; set that too, or remove %s", KeyCapacityCheck, KeyOvercommitRatio)
 	}
 	if len(problems) > 0 {
 		return Class{}, fmt.Errorf("invalid StorageClass parameters: %s", strings.Join(problems, "; "))
@@ -149,7 +186,7 @@ func Parse(p map[string]string) (Class, error) {
 
 // Keys lists every parameter the provisioner understands.
 func Keys() []string {
-	return []string{KeyArchiveOnDelete, KeyOnDelete, KeyPathPattern, KeyMode, KeyUID, KeyGID, KeyAllowSharedPath, KeyReuseExisting}
+	return []string{KeyArchiveOnDelete, KeyOnDelete, KeyPathPattern, KeyMode, KeyUID, KeyGID, KeyAllowSharedPath, KeyReuseExisting, KeyExport, KeyCapacityCheck, KeyOvercommitRatio}
 }
 
 // fileMode maps Unix mode bits to os.FileMode, whose setgid and sticky

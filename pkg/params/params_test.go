@@ -50,6 +50,42 @@ func TestParse(t *testing.T) {
 			in:   map[string]string{"reuseExistingDirectory": "true"},
 			want: Class{OnDelete: Archive, Mode: 0o777, ReuseExisting: true},
 		},
+		"one export": {
+			in:   map[string]string{"export": "fast"},
+			want: Class{OnDelete: Archive, Mode: 0o777, Exports: []string{"fast"}},
+		},
+		"several exports in order, capacity checked with a ratio": {
+			in:   map[string]string{"export": "fast, bulk", "capacityCheck": "true", "overcommitRatio": "1.5"},
+			want: Class{OnDelete: Archive, Mode: 0o777, Exports: []string{"fast", "bulk"}, CapacityCheck: true, OvercommitRatio: 1.5},
+		},
+		"capacity check without a ratio": {
+			in:   map[string]string{"capacityCheck": "true"},
+			want: Class{OnDelete: Archive, Mode: 0o777, CapacityCheck: true},
+		},
+		"bad export names": {
+			in:      map[string]string{"export": "fast,,Bulk"},
+			wantErr: []string{`parameter "export": "" is not an export name`},
+		},
+		"export named twice": {
+			in:      map[string]string{"export": "fast,fast"},
+			wantErr: []string{`parameter "export": export "fast" is named twice`},
+		},
+		"bad capacityCheck": {
+			in:      map[string]string{"capacityCheck": "yes"},
+			wantErr: []string{`parameter "capacityCheck": "yes" is not a boolean`},
+		},
+		"overcommitRatio not positive": {
+			in:      map[string]string{"capacityCheck": "true", "overcommitRatio": "0"},
+			wantErr: []string{`parameter "overcommitRatio": "0" is not a positive decimal`},
+		},
+		"overcommitRatio not a number": {
+			in:      map[string]string{"capacityCheck": "true", "overcommitRatio": "NaN"},
+			wantErr: []string{`parameter "overcommitRatio": "NaN" is not a positive decimal`},
+		},
+		"overcommitRatio needs capacityCheck": {
+			in:      map[string]string{"capacityCheck": "false", "overcommitRatio": "2"},
+			wantErr: []string{`parameter "overcommitRatio": applies only with capacityCheck: "true"`},
+		},
 		"bad reuseExistingDirectory": {
 			in:      map[string]string{"reuseExistingDirectory": "yes"},
 			wantErr: []string{`parameter "reuseExistingDirectory": "yes" is not a boolean`},
@@ -136,6 +172,9 @@ func TestParse(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			if tc.want.Exports == nil {
+				tc.want.Exports = []string{"default"}
+			}
 			assert.Equal(t, tc.want, got)
 		})
 	}
