@@ -160,13 +160,25 @@ func (e *exportsEnv) metrics() string {
 }
 
 // waitFreeBelow waits until the provisioner reports less than limit free
-// bytes on export x, so that a fill of the tmpfs is known to it.
+// bytes on export x, and then until its placement's figures are as new, so
+// that a fill of the tmpfs is known to it.
 func (e *exportsEnv) waitFreeBelow(x *testExport, limit int64) {
 	e.t.Helper()
 	series := fmt.Sprintf(`nfs_provisioner_export_free_bytes{export=%q}`, x.name)
 	v := waitMetric(e.t, e.ctx, e.p, series, func(v float64) bool { return v < float64(limit) })
 	e.t.Logf("export %s: %s %.0f (%.1f MiB)", x.name, series, v, v/mi)
+	settleFigures()
 }
+
+// figuresMaxAge is how long the provisioner's placement reuses an export's
+// free-space figures (placement.DefaultMaxAge); a claim placed meanwhile
+// counts against the export until a newer reading.
+const figuresMaxAge = 2 * time.Second
+
+// settleFigures waits until the placement's figures of every export are
+// newer than what the test did so far: the fill of a tmpfs, or placements
+// that would otherwise still count against the free bytes.
+func settleFigures() { time.Sleep(figuresMaxAge + 500*time.Millisecond) }
 
 // fillExport writes a file of n bytes straight into the export's tmpfs,
 // behind the provisioner's back, as other users of a shared export would.
@@ -360,6 +372,9 @@ func TestExportsCapacityCheck(t *testing.T) {
 	e.claim(ns, "o-1", "bulk-ratio", withSize("20Mi"))
 	_, pv := e.waitBound(ns, "o-1", 30*time.Second)
 	e.assertOnExport(pv, e.bulk)
+	// Else o-1's 20 Mi still count against bulk's free bytes, and o-2 is
+	// refused for free space before the ratio is looked at.
+	settleFigures()
 	before := e.trees()
 	e.claim(ns, "o-2", "bulk-ratio", withSize("20Mi"))
 	ev := e.waitEvent(ns, "o-2", "ProvisioningFailed", "overcommitRatio", 30*time.Second)
