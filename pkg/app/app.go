@@ -31,10 +31,13 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
+	"github.com/kube-nfs/nfs-provisioner/pkg/placement"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
+	"github.com/kube-nfs/nfs-provisioner/pkg/router"
 	"github.com/kube-nfs/nfs-provisioner/pkg/retention"
 	"github.com/kube-nfs/nfs-provisioner/pkg/usage"
 	"github.com/kube-nfs/nfs-provisioner/pkg/version"
@@ -44,7 +47,11 @@ import (
 // Standbys serve health and metrics too.
 func Run(ctx context.Context, o config.Options) error {
 	logger := klog.FromContext(ctx)
-	logger.Info("Starting", "version", version.String(), "provisioner", o.ProvisionerName, "server", o.NFSServer, "path", o.NFSPath, "exportDir", o.ExportDir)
+	set, err := o.ExportList()
+	if err != nil {
+		return err
+	}
+	logger.Info("Starting", "version", version.String(), "provisioner", o.ProvisionerName, "exports", set.All())
 	if _, set := os.LookupEnv("GOGC"); !set {
 		// Most of the heap is the informers' caches, which live as long as
 		// the process: collecting at 1.5x of them rather than Go's 2x keeps
@@ -52,9 +59,9 @@ func Run(ctx context.Context, o config.Options) error {
 		debug.SetGCPercent(defaultGCPercent)
 	}
 
-	export := exportfs.New(o.ExportDir, o.FSTimeout)
-	if err := export.CheckWritable(ctx); err != nil {
-		return fmt.Errorf("NFS export %s:%s mounted at %s: %w", o.NFSServer, o.NFSPath, o.ExportDir, err)
+	fss, err := mountedExports(ctx, logger, set, o.FSTimeout)
+	if err != nil {
+		return err
 	}
 
 	restCfg, err := restConfig(o)
@@ -66,8 +73,16 @@ func Run(ctx context.Context, o config.Options) error {
 		return fmt.Errorf("creating the API client: %w", err)
 	}
 
-	m := metrics.New()
-	m.RegisterExportUsage(export, readyTimeout, logger)
+	names := make([]string, 0, len(fss))
+	ready := make([]exportReadiness, 0, len(fss))
+	for _, e := range set.All() {
+		names = append(names, e.Name)
+		ready = append(ready, exportReadiness{e.Name, newReadiness(fss[e.Name], readyMaxAge, readyTimeout)})
+	}
+	m := metrics.New(names...)
+	for _, r := range ready {
+		m.RegisterExport(r.name, fss[r.name], r.ready.check, readyTimeout, logger)
+	}
 	lib := libmetrics.New("controller")
 	m.Registry.MustRegister(
 		lib.PersistentVolumeClaimProvisionTotal, lib.PersistentVolumeClaimProvisionFailedTotal,
@@ -81,13 +96,13 @@ func Run(ctx context.Context, o config.Options) error {
 	if err != nil {
 		return fmt.Errorf("creating the event client: %w", err)
 	}
-	w, err := newController(logger, client, eventClient.CoreV1(), o, export, m, lib)
+	w, err := newController(logger, client, eventClient.CoreV1(), o, set, fss, m, lib)
 	if err != nil {
 		return err
 	}
 
 	health := leaderelection.NewLeaderHealthzAdaptor(o.LeaderElectRenewDeadline * 2)
-	srv, err := newServer(o.HTTPAddress, m, export, w.synced, health, o.PprofServeAddress())
+	srv, err := newServer(o.HTTPAddress, m, ready, w.synced, health, o.PprofServeAddress())
 	if err != nil {
 		return err
 	}
@@ -231,28 +246,86 @@ type wiring struct {
 	leaderOnly together
 }
 
-// newController builds the library's controller around our provisioner, on
-// informers that the caller starts. The library records Events through
-// events (client's own when nil).
-func newController(logger klog.Logger, client kubernetes.Interface, events corev1client.EventsGetter, o config.Options, export *exportfs.FS, m *metrics.Metrics, lib libmetrics.Metrics) (*wiring, error) {
+// mountedExports opens every export and checks, all at once, that it is
+// mounted and writable. One that isn't is logged, and its claims fail until
+// it is; start-up fails only if none is.
+func mountedExports(ctx context.Context, logger klog.Logger, set *exports.Set, timeout time.Duration) (map[string]*exportfs.FS, error) {
+	all := set.All()
+	fss := make(map[string]*exportfs.FS, len(all))
+	errs := make([]error, len(all))
+	var wg sync.WaitGroup
+	for i, e := range all {
+		fs := exportfs.New(e.Dir, timeout)
+		fss[e.Name] = fs
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fs.CheckWritable(ctx); err != nil {
+				errs[i] = fmt.Errorf("NFS export %s: %w", e, err)
+			}
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			if len(all) > 1 {
+				logger.Error(err, "Export not writable; its claims and volumes fail until it is")
+			}
+		}
+	}
+	if failed == len(all) {
+		return nil, errors.Join(errs...)
+	}
+	return fss, nil
+}
+
+// newController builds the library's controller around the router and one
+// provisioner per export, on informers that the caller starts. The library
+// records Events through events (client's own when nil).
+func newController(logger klog.Logger, client kubernetes.Interface, events corev1client.EventsGetter, o config.Options, set *exports.Set, fss map[string]*exportfs.FS, m *metrics.Metrics, lib libmetrics.Metrics) (*wiring, error) {
 	// Informers start on standbys too, so a takeover only has to start the
 	// workers. They keep only what we read (see informers.go).
-	factory, claims, volumes := newInformers(client, newCacheFilter(o))
+	factory, claims, volumes := newInformers(client, newCacheFilter(o.ProvisionerName, set))
 	classes := factory.Storage().V1().StorageClasses()
 	nodes := factory.Core().V1().Nodes()
-	if err := volumes.AddIndexers(provisioner.Indexers(o.NFSPath)); err != nil {
+	if err := volumes.AddIndexers(provisioner.Indexers(set)); err != nil {
 		return nil, fmt.Errorf("indexing PersistentVolumes: %w", err)
 	}
 
-	prov := provisioner.New(provisioner.Config{
-		Server:     o.NFSServer,
-		ExportPath: o.NFSPath,
-		Export:     export,
-		Volumes:    volumes.GetIndexer(),
-		Classes:    classes.Lister(),
-		Metrics:    m,
-		Clone:      &provisioner.CloneConfig{Client: client, Root: export.Root()},
+	backends := map[string]router.Backend{}
+	placed := map[string]placement.Export{}
+	var provs []*provisioner.Provisioner
+	for _, e := range set.All() {
+		fs := fss[e.Name]
+		prov := provisioner.New(provisioner.Config{
+			Name:       e.Name,
+			Server:     e.Server,
+			ExportPath: e.Path,
+			Export:     fs,
+			Volumes:    volumes.GetIndexer(),
+			Classes:    classes.Lister(),
+			Metrics:    m,
+			Clone:      &provisioner.CloneConfig{Client: client, Root: fs.Root()},
+		})
+		provs = append(provs, prov)
+		backends[e.Name] = prov
+		placed[e.Name] = fs
+	}
+	placer := placement.New(placement.Config{
+		Exports: placed,
+		Committed: func(name string) (uint64, error) {
+			pvs, err := provisioner.VolumesOn(volumes.GetIndexer(), name)
+			var sum uint64
+			for _, pv := range pvs {
+				q := pv.Spec.Capacity[v1.ResourceStorage]
+				sum += uint64(max(q.Value(), 0))
+			}
+			return sum, err
+		},
 	})
+	prov := router.New(router.Config{Exports: set, Backends: backends, Placer: placer, Metrics: m, IsRefusal: provisioner.IsRefusal})
 	if _, err := volumes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { volumeSeen(prov, obj) },
 		UpdateFunc: func(_, obj any) { volumeSeen(prov, obj) },
@@ -315,9 +388,13 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		Recorder:        recorder,
 		Metrics:         m,
 		Workers:         resizeWorkers,
+		Feasibility:     placement.Feasibility{Placer: placer, Exports: set, Classes: classes.Lister()},
 	})
 
 	leaderOnly := together{resizer}
+	// TODO(issue 11): every export, once usage and retention take several.
+	first := set.All()[0]
+	export := fss[first.Name]
 	// Usage scans and archive sizes share one rate of filesystem calls.
 	scanRate := usage.NewRate(o.UsageScanRate)
 	if o.UsageScanInterval > 0 {
@@ -325,7 +402,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		scanner := usage.New(usage.Config{
 			Export: export,
 			Volumes: func() []usage.Volume {
-				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, o.NFSServer, o.NFSPath)
+				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, first.Server, first.Path)
 			},
 			Interval: o.UsageScanInterval,
 			Wait:     scanRate,
@@ -334,7 +411,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		m.Registry.MustRegister(scanner.Collector())
 		leaderOnly = append(leaderOnly, scanner)
 	}
-	remover := retention.New(retention.Config{Archives: prov, Sizes: export, Wait: scanRate, Retention: o.ArchiveRetention})
+	remover := retention.New(retention.Config{Archives: provs[0], Sizes: export, Wait: scanRate, Retention: o.ArchiveRetention})
 	m.Registry.MustRegister(remover.Collector())
 	leaderOnly = append(leaderOnly, remover)
 
@@ -448,7 +525,7 @@ func inClusterNamespace() string {
 	return "default"
 }
 
-func volumeSeen(p *provisioner.Provisioner, obj any) {
+func volumeSeen(p *router.Router, obj any) {
 	if pv, ok := obj.(*v1.PersistentVolume); ok {
 		p.VolumeAdded(pv)
 	}

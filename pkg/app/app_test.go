@@ -25,6 +25,7 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
@@ -112,11 +113,13 @@ var newControllerMu sync.Mutex
 func startActing(ctx context.Context, t *testing.T, client *fake.Clientset, root string, checker incumbentChecker, m *metrics.Metrics) {
 	t.Helper()
 	logger := klog.FromContext(ctx)
-	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", Workers: 4, FSTimeout: 5 * time.Second}
+	o := config.Options{ProvisionerName: provisionerName, NFSServer: "10.0.0.5", NFSPath: "/srv/nfs/", ExportDir: root, Workers: 4, FSTimeout: 5 * time.Second}
+	set, err := o.ExportList()
+	require.NoError(t, err)
 	// NewProvisionController registers types in client-go's global scheme:
 	// one at a time.
 	newControllerMu.Lock()
-	w, err := newController(logger, client, nil, o, exportfs.New(root, o.FSTimeout), m, libmetrics.New("controller"))
+	w, err := newController(logger, client, nil, o, set, map[string]*exportfs.FS{exports.DefaultName: exportfs.New(root, o.FSTimeout)}, m, libmetrics.New("controller"))
 	newControllerMu.Unlock()
 	require.NoError(t, err)
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))

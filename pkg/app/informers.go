@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/kube-nfs/nfs-provisioner/pkg/config"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
 )
@@ -43,8 +43,8 @@ type cacheFilter struct {
 	volumes *provisioner.Compactor
 }
 
-func newCacheFilter(o config.Options) *cacheFilter {
-	return &cacheFilter{volumes: provisioner.NewCompactor(o.ProvisionerName, o.NFSPath)}
+func newCacheFilter(provisionerName string, set *exports.Set) *cacheFilter {
+	return &cacheFilter{volumes: provisioner.NewCompactor(provisionerName, set)}
 }
 
 // keepClaim: only claims that may still need provisioning.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,10 +37,16 @@ type server struct {
 // unauthenticated: without it, every request would write on the export.
 const readyMaxAge = time.Second
 
+// exportReadiness is one export's readiness check, by name.
+type exportReadiness struct {
+	name  string
+	ready *readiness
+}
+
 // newServer binds the addresses at once, so a port clash fails start-up.
 // synced tells whether the informers have completed their first list.
 // pprofAddress "" serves no profiles.
-func newServer(address string, m *metrics.Metrics, export writableChecker, synced func() bool, leader *leaderelection.HealthzAdaptor, pprofAddress string) (*server, error) {
+func newServer(address string, m *metrics.Metrics, exports []exportReadiness, synced func() bool, leader *leaderelection.HealthzAdaptor, pprofAddress string) (*server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
 	// Liveness fails only when this replica leads but its last renewal of
@@ -54,20 +61,46 @@ func newServer(address string, m *metrics.Metrics, export writableChecker, synce
 		fmt.Fprintln(w, "ok")
 	})
 	// Readiness: the informers have listed everything (until then neither a
-	// leader nor a standby could provision), and the export is mounted and
-	// writable, checked within readyTimeout so a hung NFS mount fails the
-	// probe instead of hanging it.
-	ready := newReadiness(export, readyMaxAge, readyTimeout)
+	// leader nor a standby could provision), and at least one export is
+	// mounted and writable, each checked within readyTimeout so a hung NFS
+	// mount fails the probe instead of hanging it. Not all of them: an
+	// unready pod leaves the metrics Service, so one dead export of several
+	// would hide the very metrics and alerts that tell which (export_ready),
+	// and stall every rollout, while the others provision on.
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !synced() {
 			http.Error(w, "informers: not synced yet", http.StatusServiceUnavailable)
 			return
 		}
-		if err := ready.check(r.Context()); err != nil {
-			http.Error(w, "export: "+err.Error(), http.StatusServiceUnavailable)
+		results := make([]error, len(exports))
+		var wg sync.WaitGroup
+		for i, e := range exports {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i] = e.ready.check(r.Context())
+			}()
+		}
+		wg.Wait()
+		var body strings.Builder
+		writable := 0
+		for i, e := range exports {
+			if results[i] == nil {
+				writable++
+				fmt.Fprintf(&body, "export %s: ok\n", e.name)
+			} else {
+				fmt.Fprintf(&body, "export %s: %v\n", e.name, results[i])
+			}
+		}
+		if writable == 0 {
+			http.Error(w, strings.TrimSuffix(body.String(), "\n"), http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ok")
+		if len(exports) == 1 {
+			fmt.Fprintln(w, "ok")
+			return
+		}
+		fmt.Fprint(w, body.String())
 	})
 	l, err := net.Listen("tcp", address)
 	if err != nil {

@@ -48,15 +48,16 @@ func TestServerEndpoints(t *testing.T) {
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			m := metrics.New()
+			m := metrics.New("default")
 			export := exportfs.New(tc.exportDir, time.Second)
-			m.RegisterExportUsage(export, time.Second, logger)
+			ready := one("default", export)
+			m.RegisterExport("default", export, ready[0].ready.check, time.Second, logger)
 			synced := func() bool { return !tc.notSynced }
 			pprofAddress := ""
 			if tc.pprof {
 				pprofAddress = "127.0.0.1:0"
 			}
-			srv, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), pprofAddress)
+			srv, err := newServer("127.0.0.1:0", m, ready, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), pprofAddress)
 			require.NoError(t, err)
 			go srv.serve(logger)
 			defer srv.shutdown(logger)
@@ -70,12 +71,14 @@ func TestServerEndpoints(t *testing.T) {
 			code, body = get(t, base+"/metrics")
 			assert.Equal(t, http.StatusOK, code)
 			assert.Contains(t, body, "nfs_provisioner_leader 0")
-			assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="refused"} 0`)
+			assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="refused"} 0`)
 			if !tc.notSynced && tc.wantReady == http.StatusOK {
-				assert.Contains(t, body, "nfs_provisioner_export_usage_up 1")
+				assert.Contains(t, body, `nfs_provisioner_export_usage_up{export="default"} 1`)
+				assert.Contains(t, body, `nfs_provisioner_export_ready{export="default"} 1`)
 				assert.Contains(t, body, "nfs_provisioner_export_free_bytes")
 			} else if !tc.notSynced {
-				assert.Contains(t, body, "nfs_provisioner_export_usage_up 0")
+				assert.Contains(t, body, `nfs_provisioner_export_usage_up{export="default"} 0`)
+				assert.Contains(t, body, `nfs_provisioner_export_ready{export="default"} 0`)
 			}
 			code, _ = get(t, base+"/debug/pprof/")
 			assert.Equal(t, tc.wantPprof, code, "profiles are never on the metrics port")
@@ -92,7 +95,7 @@ func TestServerEndpoints(t *testing.T) {
 func TestServerAddressInUse(t *testing.T) {
 	t.Parallel()
 	m := metrics.New()
-	export := exportfs.New(t.TempDir(), time.Second)
+	export := one("default", exportfs.New(t.TempDir(), time.Second))
 	synced := func() bool { return true }
 	first, err := newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
 	require.NoError(t, err)
@@ -101,6 +104,39 @@ func TestServerAddressInUse(t *testing.T) {
 	require.ErrorContains(t, err, "listening on --http-address")
 	_, err = newServer("127.0.0.1:0", m, export, synced, leaderelection.NewLeaderHealthzAdaptor(time.Second), first.listener.Addr().String())
 	require.ErrorContains(t, err, "listening on --pprof-address")
+}
+
+// one is the readiness of a single export.
+func one(name string, export writableChecker) []exportReadiness {
+	return []exportReadiness{{name, newReadiness(export, readyMaxAge, time.Second)}}
+}
+
+// TestReadyWhileOneExportIsWritable checks the readiness rule of several
+// exports: ready while any is writable, the body naming each.
+func TestReadyWhileOneExportIsWritable(t *testing.T) {
+	t.Parallel()
+	logger, _ := ktesting.NewTestContext(t)
+	missing := filepath.Join(t.TempDir(), "missing")
+	for name, tc := range map[string]struct {
+		dirs     []string
+		code     int
+		contains []string
+	}{
+		"one of two writable": {[]string{t.TempDir(), missing}, http.StatusOK, []string{"export fast: ok", "export bulk: ", "does not exist"}},
+		"none writable":       {[]string{missing, missing}, http.StatusServiceUnavailable, []string{"export fast: ", "export bulk: ", "does not exist"}},
+		"both writable":       {[]string{t.TempDir(), t.TempDir()}, http.StatusOK, []string{"export fast: ok", "export bulk: ok"}},
+	} {
+		ready := append(one("fast", exportfs.New(tc.dirs[0], time.Second)), one("bulk", exportfs.New(tc.dirs[1], time.Second))...)
+		srv, err := newServer("127.0.0.1:0", metrics.New(), ready, func() bool { return true }, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
+		require.NoError(t, err)
+		go srv.serve(logger)
+		code, body := get(t, "http://"+srv.listener.Addr().String()+"/readyz")
+		srv.shutdown(logger)
+		assert.Equal(t, tc.code, code, name)
+		for _, s := range tc.contains {
+			assert.Contains(t, body, s, name)
+		}
+	}
 }
 
 // countingChecker counts writability checks; each blocks until release is
@@ -124,7 +160,7 @@ func TestReadyzRateLimited(t *testing.T) {
 	t.Parallel()
 	logger, _ := ktesting.NewTestContext(t)
 	export := &countingChecker{}
-	srv, err := newServer("127.0.0.1:0", metrics.New(), export, func() bool { return true }, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
+	srv, err := newServer("127.0.0.1:0", metrics.New(), one("default", export), func() bool { return true }, leaderelection.NewLeaderHealthzAdaptor(time.Second), "")
 	require.NoError(t, err)
 	go srv.serve(logger)
 	defer srv.shutdown(logger)

@@ -52,16 +52,20 @@ type Metrics struct {
 	resizes    *prometheus.CounterVec
 }
 
+// NoExport is the export label of a claim refused, or failed, before an
+// export was chosen for it.
+const NoExport = ""
+
 // New registers our collectors and the Go and process collectors on a new
-// registry.
-func New() *Metrics {
+// registry; exports names the exports, whose series exist from the start.
+func New(exports ...string) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace,
 			Name:      "operations_total",
-			Help:      "Provision and delete operations on the export, by outcome: success, refused (bad claim, class or PV) or error (export or API failure).",
-		}, []string{"operation", "outcome"}),
+			Help:      "Provision and delete operations, by export and outcome: success, refused (bad claim, class or PV) or error (export or API failure); export is empty for claims refused or failed before an export was chosen.",
+		}, []string{"operation", "outcome", "export"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "operation_duration_seconds",
@@ -91,20 +95,25 @@ func New() *Metrics {
 	)
 	// Every series exists from the start, so rate() and alerts see zeros.
 	for _, op := range []string{OpProvision, OpDelete} {
-		for _, outcome := range []string{Success, Refused, Failed} {
-			m.operations.WithLabelValues(op, outcome)
+		for _, export := range exports {
+			for _, outcome := range []string{Success, Refused, Failed} {
+				m.operations.WithLabelValues(op, outcome, export)
+			}
 		}
 		m.duration.WithLabelValues(op)
 	}
+	m.operations.WithLabelValues(OpProvision, Refused, NoExport)
+	m.operations.WithLabelValues(OpProvision, Failed, NoExport)
 	for _, outcome := range []string{Success, Infeasible, Failed} {
 		m.resizes.WithLabelValues(outcome)
 	}
 	return m
 }
 
-// ObserveOperation counts one operation and its duration.
-func (m *Metrics) ObserveOperation(op, outcome string, d time.Duration) {
-	m.operations.WithLabelValues(op, outcome).Inc()
+// ObserveOperation counts one operation on export (NoExport if none was
+// chosen) and its duration.
+func (m *Metrics) ObserveOperation(op, outcome, export string, d time.Duration) {
+	m.operations.WithLabelValues(op, outcome, export).Inc()
 	m.duration.WithLabelValues(op).Observe(d.Seconds())
 }
 
@@ -138,67 +147,76 @@ func (m *Metrics) SetWaitingForIncumbent(waiting bool) {
 	}
 }
 
-// RegisterExportUsage adds gauges of the export's free and total bytes and
-// inodes, read at scrape time within timeout so a hung export can't hang a
-// scrape, and of how long it has been hung.
-func (m *Metrics) RegisterExportUsage(export ExportUsage, timeout time.Duration, logger klog.Logger) {
-	m.Registry.MustRegister(&usageCollector{export: export, timeout: timeout, logger: logger})
+// RegisterExport adds, for the export named name, gauges of its free and
+// total bytes and inodes, read at scrape time within timeout so a hung
+// export can't hang a scrape, of how long it has been hung, and of whether
+// ready (the readiness check's cached result) says it is writable.
+func (m *Metrics) RegisterExport(name string, export ExportUsage, ready func(context.Context) error, timeout time.Duration, logger klog.Logger) {
+	m.Registry.MustRegister(newExportCollector(name, export, ready, timeout, logger))
 }
 
-var (
-	descFreeBytes = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "free_bytes"),
-		"Bytes available to the provisioner on the export.", nil, nil)
-	descTotalBytes = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "size_bytes"),
-		"Size of the export's filesystem in bytes.", nil, nil)
-	descFreeInodes = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "free_inodes"),
-		"Inodes available on the export.", nil, nil)
-	descTotalInodes = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "inodes"),
-		"Total inodes of the export's filesystem.", nil, nil)
-	descUsageUp = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "usage_up"),
-		"1 if the export's usage could be read at the last scrape, 0 if it failed or timed out.", nil, nil)
-	descHung = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "hung_seconds"),
-		"Seconds since a call on the export timed out with no call answering since; 0 while the export answers.", nil, nil)
-	descBlocked = prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", "blocked_calls"),
-		"Filesystem calls given up after a timeout that are still blocked in the export, each holding an OS thread.", nil, nil)
-)
-
-type usageCollector struct {
+type exportCollector struct {
 	export  ExportUsage
+	ready   func(context.Context) error
 	timeout time.Duration
 	logger  klog.Logger
+
+	free, total, freeInodes, inodes, up, hung, blocked, writable *prometheus.Desc
 }
 
-func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFreeBytes, descTotalBytes, descFreeInodes, descTotalInodes, descUsageUp, descHung, descBlocked} {
+func newExportCollector(name string, export ExportUsage, ready func(context.Context) error, timeout time.Duration, logger klog.Logger) *exportCollector {
+	desc := func(metric, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "export", metric), help, nil, prometheus.Labels{"export": name})
+	}
+	return &exportCollector{
+		export: export, ready: ready, timeout: timeout, logger: logger.WithValues("export", name),
+		free:       desc("free_bytes", "Bytes available to the provisioner on the export."),
+		total:      desc("size_bytes", "Size of the export's filesystem in bytes."),
+		freeInodes: desc("free_inodes", "Inodes available on the export."),
+		inodes:     desc("inodes", "Total inodes of the export's filesystem."),
+		up:         desc("usage_up", "1 if the export's usage could be read at the last scrape, 0 if it failed or timed out."),
+		hung:       desc("hung_seconds", "Seconds since a call on the export timed out with no call answering since; 0 while the export answers."),
+		blocked:    desc("blocked_calls", "Filesystem calls given up after a timeout that are still blocked in the export, each holding an OS thread."),
+		writable:   desc("ready", "1 if the export was mounted and writable at the last readiness check, 0 if not."),
+	}
+}
+
+func (c *exportCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.free, c.total, c.freeInodes, c.inodes, c.up, c.hung, c.blocked, c.writable} {
 		ch <- d
 	}
 }
 
-func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *exportCollector) Collect(ch chan<- prometheus.Metric) {
 	since, blocked := c.export.Hung()
 	hung := 0.0
 	if !since.IsZero() {
 		hung = time.Since(since).Seconds()
 	}
-	ch <- prometheus.MustNewConstMetric(descHung, prometheus.GaugeValue, hung)
-	ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, float64(blocked))
+	ch <- prometheus.MustNewConstMetric(c.hung, prometheus.GaugeValue, hung)
+	ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, float64(blocked))
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	ready := 1.0
+	if err := c.ready(ctx); err != nil {
+		ready = 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.writable, prometheus.GaugeValue, ready)
 	u, err := c.export.Usage(ctx)
 	if err != nil {
 		c.logger.Error(err, "Reading the export's usage for metrics failed")
-		ch <- prometheus.MustNewConstMetric(descUsageUp, prometheus.GaugeValue, 0)
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(descUsageUp, prometheus.GaugeValue, 1)
-	ch <- prometheus.MustNewConstMetric(descFreeBytes, prometheus.GaugeValue, float64(u.FreeBytes))
-	ch <- prometheus.MustNewConstMetric(descTotalBytes, prometheus.GaugeValue, float64(u.TotalBytes))
-	ch <- prometheus.MustNewConstMetric(descFreeInodes, prometheus.GaugeValue, float64(u.FreeInodes))
-	ch <- prometheus.MustNewConstMetric(descTotalInodes, prometheus.GaugeValue, float64(u.TotalInodes))
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
+	ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(u.FreeBytes))
+	ch <- prometheus.MustNewConstMetric(c.total, prometheus.GaugeValue, float64(u.TotalBytes))
+	ch <- prometheus.MustNewConstMetric(c.freeInodes, prometheus.GaugeValue, float64(u.FreeInodes))
+	ch <- prometheus.MustNewConstMetric(c.inodes, prometheus.GaugeValue, float64(u.TotalInodes))
 }
 
-// Operations returns the counter of one operation and outcome, for tests and
-// for callers that want to read it.
-func (m *Metrics) Operations(op, outcome string) prometheus.Counter {
-	return m.operations.WithLabelValues(op, outcome)
+// Operations returns the counter of one operation, outcome and export, for
+// tests and for callers that want to read it.
+func (m *Metrics) Operations(op, outcome, export string) prometheus.Counter {
+	return m.operations.WithLabelValues(op, outcome, export)
 }

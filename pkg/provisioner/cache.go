@@ -6,6 +6,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 )
 
 // Annotations the library reads on PVs.
@@ -24,12 +26,13 @@ const annDirectoryIsPath = "nfs.kube-nfs.io/(directory is spec.nfs.path)"
 // Compactor reduces PVs, for the informer cache, to what Delete, the
 // directory index and the library's controller read (name, UID, resource
 // version, deletion timestamp, finalizers, the provisioned-by, migrated-to
-// and our two annotations, spec.nfs, spec.csi's driver, reclaim policy,
+// and our three annotations, spec.nfs, spec.csi's driver, reclaim policy,
 // class, claim reference, storage capacity and phase), and shares the strings and annotation maps that
 // thousands of PVs repeat. A cached PV costs about a third of a decoded one.
 // Cached objects are never modified, so sharing is safe.
 type Compactor struct {
-	provisionerName, exportPath string
+	provisionerName string
+	exports         *exports.Set
 
 	mu      sync.Mutex
 	strings map[string]string
@@ -37,24 +40,24 @@ type Compactor struct {
 	sizes   map[string]v1.ResourceList // by quantity, e.g. "1Gi"
 }
 
-type annotationKey struct{ provisionedBy, migratedTo, onDelete string }
+type annotationKey struct{ provisionedBy, migratedTo, onDelete, export string }
 
 // maxShared bounds each table; past it, values are not shared.
 const maxShared = 1024
 
-// NewCompactor returns a Compactor for the PVs of one provisioner and export.
-// Like Indexers, it doesn't look at the server.
-func NewCompactor(provisionerName, exportPath string) *Compactor {
+// NewCompactor returns a Compactor for the PVs of one provisioner and its
+// exports.
+func NewCompactor(provisionerName string, set *exports.Set) *Compactor {
 	return &Compactor{
-		provisionerName: provisionerName, exportPath: exportPath,
+		provisionerName: provisionerName, exports: set,
 		strings: map[string]string{}, maps: map[annotationKey]map[string]string{}, sizes: map[string]v1.ResourceList{},
 	}
 }
 
 // Keep reports whether the provisioner or the library may ever read pv:
 // PVs that name this provisioner (it may be asked to delete them) and NFS
-// PVs below its export, whatever server they name and whoever made them
-// (their directories must not be reused; see Indexers).
+// PVs below one of its exports, whoever made them (their directories must
+// not be reused; see Indexers).
 func (c *Compactor) Keep(pv *v1.PersistentVolume) bool {
 	a := pv.Annotations
 	switch {
@@ -63,8 +66,7 @@ func (c *Compactor) Keep(pv *v1.PersistentVolume) bool {
 	case pv.Spec.CSI != nil && pv.Spec.CSI.Driver == c.provisionerName:
 		return true
 	}
-	_, below := directoryOnExport(pv, c.exportPath)
-	return below
+	return len(c.exports.On(pv)) > 0
 }
 
 // Compact returns a reduced copy of pv.
@@ -108,8 +110,9 @@ func (c *Compactor) Compact(pv *v1.PersistentVolume) *v1.PersistentVolume {
 	return out
 }
 
-// annotations keeps the four annotations read on PVs; when the directory
-// is the one spec.nfs.path gives, as on every PV we made, the map is shared.
+// annotations keeps the five annotations read on PVs; when the directory
+// is the one spec.nfs.path gives on the PV's export, as on every PV we
+// made, the map is shared.
 func (c *Compactor) annotations(pv *v1.PersistentVolume) map[string]string {
 	a := pv.Annotations
 	if len(a) == 0 {
@@ -119,13 +122,22 @@ func (c *Compactor) annotations(pv *v1.PersistentVolume) map[string]string {
 	if !hasDir || dir == "" {
 		return c.ownMap(a)
 	}
-	if derived, ok := directoryOnExport(pv, c.exportPath); !ok || derived != dir {
+	home, ok := c.exports.Home(pv)
+	if !ok {
+		return c.ownMap(a)
+	}
+	if derived, ok := directoryOnExport(pv, home.Path); !ok || derived != dir {
 		return c.ownMap(a)
 	}
 	provisionedBy, hasP := a[annProvisionedBy]
 	migratedTo, hasM := a[annMigratedTo]
 	onDelete, hasO := a[AnnOnDelete]
-	key := annotationKey{provisionedBy, migratedTo, onDelete}
+	export, hasE := a[exports.Annotation]
+	key := annotationKey{provisionedBy, migratedTo, onDelete, export}
+	if !hasE {
+		// Told apart from an annotation with an empty value.
+		key.export = "\x00"
+	}
 	if m, ok := c.maps[key]; ok {
 		return m
 	}
@@ -139,6 +151,9 @@ func (c *Compactor) annotations(pv *v1.PersistentVolume) map[string]string {
 	if hasO {
 		m[AnnOnDelete] = c.share(onDelete)
 	}
+	if hasE {
+		m[exports.Annotation] = c.share(export)
+	}
 	if len(c.maps) < maxShared {
 		c.maps[key] = m
 	}
@@ -147,10 +162,10 @@ func (c *Compactor) annotations(pv *v1.PersistentVolume) map[string]string {
 
 func (c *Compactor) ownMap(a map[string]string) map[string]string {
 	var m map[string]string
-	for _, key := range []string{annProvisionedBy, annMigratedTo, AnnDirectory, AnnOnDelete} {
+	for _, key := range []string{annProvisionedBy, annMigratedTo, AnnDirectory, AnnOnDelete, exports.Annotation} {
 		if v, ok := a[key]; ok {
 			if m == nil {
-				m = make(map[string]string, 4)
+				m = make(map[string]string, 5)
 			}
 			if key != AnnDirectory {
 				v = c.share(v)

@@ -69,7 +69,7 @@ func TestCompactKeepsWhatIsRead(t *testing.T) {
 		"another provisioner's NFS":  fullPV("pv15", testServer, testPath+"/c", map[string]string{annProvisionedBy: "other"}),
 	}
 	e := newEnv(t, testPath)
-	c := NewCompactor(testProvisioner, testPath)
+	c := NewCompactor(testProvisioner, testSet(testPath))
 	for name, pv := range cases {
 		t.Run(name, func(t *testing.T) {
 			assert.True(t, c.Keep(pv), "every case is on our server or names us")
@@ -81,7 +81,7 @@ func TestCompactKeepsWhatIsRead(t *testing.T) {
 			assert.Equal(t, policy, cpolicy)
 			assert.Equal(t, err, cerr)
 
-			for name, index := range Indexers(testPath) {
+			for name, index := range Indexers(testSet(testPath)) {
 				want, err := index(pv)
 				require.NoError(t, err)
 				got, err := index(small)
@@ -120,7 +120,7 @@ func TestCacheOnlyAnnotationIsInvalid(t *testing.T) {
 
 func TestCompactSharesAnnotations(t *testing.T) {
 	t.Parallel()
-	c := NewCompactor(testProvisioner, testPath)
+	c := NewCompactor(testProvisioner, testSet(testPath))
 	a := c.Compact(fullPV("a", testServer, testPath+"/ns-a", ours("ns-a", "archive")))
 	b := c.Compact(fullPV("b", testServer, testPath+"/ns-b", ours("ns-b", "archive")))
 	d := c.Compact(fullPV("d", testServer, testPath+"/ns-d", ours("ns-d", "delete")))
@@ -136,7 +136,7 @@ func TestCompactSharesAnnotations(t *testing.T) {
 
 func TestKeep(t *testing.T) {
 	t.Parallel()
-	c := NewCompactor(testProvisioner, testPath)
+	c := NewCompactor(testProvisioner, testSet(testPath))
 	csi := fullPV("csi", "", "", map[string]string{})
 	csi.Spec.NFS = nil
 	csi.Spec.CSI = &v1.CSIPersistentVolumeSource{Driver: testProvisioner}
@@ -155,7 +155,7 @@ func TestKeep(t *testing.T) {
 func TestDeleteThroughCompactedVolumes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, testPath)
-	c := NewCompactor(testProvisioner, testPath)
+	c := NewCompactor(testProvisioner, testSet(testPath))
 	for _, policy := range []string{"delete", "archive", "retain"} {
 		pv, err := e.provision(t, class("nfs-"+policy, map[string]string{"onDelete": policy, "pathPattern": "${.PVC.namespace}/" + policy}), claim("ns", policy, "uid-"+policy))
 		require.NoError(t, err)

@@ -86,7 +86,7 @@ func (p *Provisioner) provisionClone(ctx context.Context, opts controller.Provis
 	job, err := p.startClone(ctx, opts, source)
 	if err != nil {
 		// A copy that started counts when it ends (see runClone).
-		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), time.Since(start))
+		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), p.cfg.Name, time.Since(start))
 		logFailure(ctx, err, "Provisioning failed", "PVC", klog.KObj(claim))
 		return nil, controller.ProvisioningFinished, err
 	}
@@ -163,7 +163,7 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 			// The source's tree, not the export, is at fault.
 			job.err = refusal{job.err}
 		}
-		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(job.err), took)
+		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(job.err), p.cfg.Name, took)
 		// Cancelled means this replica stops provisioning: the next leader
 		// may be copying into the directory already, and removes what is
 		// left itself (a destination not empty is removed, see
@@ -173,7 +173,7 @@ func (p *Provisioner) runClone(ctx context.Context, job *cloneJob, srcRel string
 		p.discardClone(ctx, job, keep)
 	} else {
 		job.volume = volume()
-		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, metrics.Success, took)
+		p.cfg.Metrics.ObserveOperation(metrics.OpProvision, metrics.Success, p.cfg.Name, took)
 		logger.Info("Cloned", "entries", res.Entries, "bytes", res.Bytes, "hardLinks", res.HardLinks, "skipped", res.Skipped, "changed", res.Changed, "ownersDenied", res.OwnersDenied, "took", took.Round(time.Millisecond))
 	}
 	// A cancelled copy leaves the finalizer too: the next leader's copy

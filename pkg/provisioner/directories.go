@@ -8,62 +8,94 @@ import (
 	"net"
 	"net/netip"
 	"path"
-	"strings"
 	"time"
 	"unicode/utf8"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
 
-// dirIndex indexes PVs on our export by directory, and ancestorIndex by
+// dirIndex indexes the PVs on an export by directory, and ancestorIndex by
 // every ancestor of it, so both a directory's users and the users of
-// anything nested below it are one lookup away. The directory key is a
-// substring of spec.nfs.path: indexing it costs no string of its own.
+// anything nested below it are one lookup away; each export has its own
+// pair (index name "<index>@<export>"), so the same directory on two
+// exports is two volumes. exportIndex lists the PVs of each export, for
+// capacity checks. The directory keys are substrings of spec.nfs.path:
+// indexing costs no string of its own.
 const (
 	dirIndex      = "nfs-directory"
 	ancestorIndex = "nfs-directory-ancestor"
+	exportIndex   = "nfs-export"
 )
 
-// Indexers returns the PV informer indexers the provisioner relies on. Any
-// NFS PV whose path lies below the export counts, whoever made it (static
-// PVs and the incumbent's included) and whatever server it names: an IP
-// address, another name or another case of NFS_SERVER reach the same
-// directories, and counting a PV of another server only refuses a directory
-// that might have been free. So the server is not an input.
+// Indexers returns the PV informer indexers the provisioners of set rely
+// on. An NFS PV counts on every export set.On gives, whoever made it (static
+// PVs and the incumbent's included): an IP address, another name or another
+// case of the server reach the same directories, and counting a PV where it
+// may not be only refuses a directory that might have been free.
 //
-// The keys are substrings of spec.nfs.path and cost no string of their own;
-// per PV, the index holds one set entry per segment of its directory, which
+// Per PV, the index holds one set entry per segment of its directory, which
 // MaxDepth bounds for the PVs claims make.
-func Indexers(exportPath string) cache.Indexers {
-	return cache.Indexers{
-		dirIndex: func(obj any) ([]string, error) {
+func Indexers(set *exports.Set) cache.Indexers {
+	idx := cache.Indexers{
+		exportIndex: func(obj any) ([]string, error) {
 			pv, ok := obj.(*v1.PersistentVolume)
 			if !ok {
 				return nil, nil
 			}
-			dir, ok := directoryOnExport(pv, exportPath)
-			if !ok {
-				return nil, nil
+			var names []string
+			for _, e := range set.On(pv) {
+				names = append(names, e.Name)
 			}
-			return []string{dir}, nil
-		},
-		ancestorIndex: func(obj any) ([]string, error) {
-			pv, ok := obj.(*v1.PersistentVolume)
-			if !ok {
-				return nil, nil
-			}
-			dir, ok := directoryOnExport(pv, exportPath)
-			if !ok {
-				return nil, nil
-			}
-			return volpath.Ancestors(dir), nil
+			return names, nil
 		},
 	}
+	for _, e := range set.All() {
+		on := func(obj any) (string, bool) {
+			pv, ok := obj.(*v1.PersistentVolume)
+			if !ok {
+				return "", false
+			}
+			for _, o := range set.On(pv) {
+				if o.Name == e.Name {
+					return directoryOnExport(pv, e.Path)
+				}
+			}
+			return "", false
+		}
+		idx[dirIndex+"@"+e.Name] = func(obj any) ([]string, error) {
+			if dir, ok := on(obj); ok {
+				return []string{dir}, nil
+			}
+			return nil, nil
+		}
+		idx[ancestorIndex+"@"+e.Name] = func(obj any) ([]string, error) {
+			if dir, ok := on(obj); ok {
+				return volpath.Ancestors(dir), nil
+			}
+			return nil, nil
+		}
+	}
+	return idx
+}
+
+// VolumesOn lists the PVs that may be on the export named name (see
+// Indexers), from an indexer with Indexers added.
+func VolumesOn(volumes cache.Indexer, name string) ([]*v1.PersistentVolume, error) {
+	objs, err := volumes.ByIndex(exportIndex, name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up the PersistentVolumes of export %q: %w", name, err)
+	}
+	out := make([]*v1.PersistentVolume, 0, len(objs))
+	for _, obj := range objs {
+		out = append(out, obj.(*v1.PersistentVolume))
+	}
+	return out, nil
 }
 
 // directoryOnExport derives from spec.nfs.path where below the export a PV
@@ -84,9 +116,10 @@ func (p *Provisioner) usersOf(rel, except string) (same, nested []string, err er
 		index, key string
 		same       bool
 	}
-	lookups := []lookup{{dirIndex, rel, true}, {ancestorIndex, rel, false}}
+	dirs, ancestors := dirIndex+"@"+p.cfg.Name, ancestorIndex+"@"+p.cfg.Name
+	lookups := []lookup{{dirs, rel, true}, {ancestors, rel, false}}
 	for _, a := range volpath.Ancestors(rel) {
-		lookups = append(lookups, lookup{dirIndex, a, false})
+		lookups = append(lookups, lookup{dirs, a, false})
 	}
 	for _, l := range lookups {
 		objs, err := p.cfg.Volumes.ByIndex(l.index, l.key)
@@ -282,7 +315,7 @@ func (p *Provisioner) checkServer(ctx context.Context, pv *v1.PersistentVolume) 
 // equal but for case, a trailing dot or IPv6 brackets, or, looked up,
 // sharing an address. A name without addresses is no server of ours.
 func sameServer(ctx context.Context, r Resolver, a, b string) (bool, error) {
-	a, b = normalServer(a), normalServer(b)
+	a, b = exports.NormalServer(a), exports.NormalServer(b)
 	if a == b {
 		return true, nil
 	}
@@ -307,19 +340,6 @@ func sameServer(ctx context.Context, r Resolver, a, b string) (bool, error) {
 		}
 	}
 	return false, nil
-}
-
-// normalServer lower-cases a server name and drops a trailing dot, or
-// writes an address the way netip does.
-func normalServer(s string) string {
-	s = strings.TrimSuffix(strings.ToLower(s), ".")
-	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-		s = s[1 : len(s)-1]
-	}
-	if addr, err := netip.ParseAddr(s); err == nil {
-		return addr.Unmap().String()
-	}
-	return s
 }
 
 func addresses(ctx context.Context, r Resolver, host string) ([]netip.Addr, error) {

@@ -41,8 +41,8 @@ func deepDir(i, segLen int) string {
 // indexer (its store and indices) take per PV.
 func cacheCost(t *testing.T, n int, dirOf func(i int) string) (objects, indexer uint64) {
 	t.Helper()
-	c := NewCompactor(testProvisioner, testPath)
-	indexers := Indexers(testPath)
+	c := NewCompactor(testProvisioner, testSet(testPath))
+	indexers := Indexers(testSet(testPath))
 	pvs := make([]*v1.PersistentVolume, n)
 	start := liveHeap()
 	for i := range pvs {

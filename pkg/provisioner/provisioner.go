@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
@@ -48,11 +49,14 @@ type Export interface {
 
 // Config is everything a Provisioner needs.
 type Config struct {
-	// Server and ExportPath are written into every PV (NFS_SERVER, NFS_PATH).
+	// Name is the export's name, recorded on every PV (exports.Annotation);
+	// Server and ExportPath are written into every PV's spec.nfs.
+	Name       string
 	Server     string
 	ExportPath string
 	Export     Export
-	// Volumes is the PV informer's indexer, with Indexers added.
+	// Volumes is the PV informer's indexer, with Indexers added for a set
+	// of exports holding this one.
 	Volumes cache.Indexer
 	// Classes looks up StorageClasses, for PVs made by the incumbent.
 	Classes storagelisters.StorageClassLister
@@ -67,7 +71,8 @@ type Config struct {
 	Clone *CloneConfig
 }
 
-// Provisioner provisions and deletes directories on one export.
+// Provisioner provisions and deletes directories on one export; a router
+// hands it the claims placed there and the PVs on it.
 type Provisioner struct {
 	cfg Config
 
@@ -192,7 +197,7 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	if err == nil {
 		pv, err = p.provision(ctx, opts)
 	}
-	p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), time.Since(start))
+	p.cfg.Metrics.ObserveOperation(metrics.OpProvision, outcome(err), p.cfg.Name, time.Since(start))
 	logFailure(ctx, err, "Provisioning failed", "PVC", klog.KObj(opts.PVC))
 	return pv, controller.ProvisioningFinished, err
 }
@@ -244,8 +249,9 @@ func (p *Provisioner) volume(opts controller.ProvisionOptions, rel string, cls p
 		ObjectMeta: metav1.ObjectMeta{
 			Name: opts.PVName,
 			Annotations: map[string]string{
-				AnnDirectory: rel,
-				AnnOnDelete:  string(cls.OnDelete),
+				AnnDirectory:       rel,
+				AnnOnDelete:        string(cls.OnDelete),
+				exports.Annotation: p.cfg.Name,
 			},
 		},
 		Spec: v1.PersistentVolumeSpec{
@@ -273,7 +279,7 @@ func (p *Provisioner) volume(opts controller.ProvisionOptions, rel string, cls p
 func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
 	start := time.Now()
 	err := p.delete(ctx, pv)
-	p.cfg.Metrics.ObserveOperation(metrics.OpDelete, outcome(err), time.Since(start))
+	p.cfg.Metrics.ObserveOperation(metrics.OpDelete, outcome(err), p.cfg.Name, time.Since(start))
 	logFailure(ctx, err, "Deleting volume failed", "PV", pv.Name)
 	return err
 }

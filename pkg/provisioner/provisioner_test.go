@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v10/controller"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/params"
@@ -47,10 +48,11 @@ type env struct {
 func newEnv(t *testing.T, exportPath string) *env {
 	t.Helper()
 	root := t.TempDir()
-	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(exportPath))
+	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(testSet(exportPath)))
 	classes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	m := metrics.New()
 	p := New(Config{
+		Name:       exports.DefaultName,
 		Server:     testServer,
 		ExportPath: exportPath,
 		Export:     exportfs.New(root, 5*time.Second),
@@ -61,6 +63,15 @@ func newEnv(t *testing.T, exportPath string) *env {
 		Resolver:   &fakeResolver{},
 	})
 	return &env{root: root, p: p, volumes: volumes, classes: classes, metrics: m}
+}
+
+// testSet is the one export named default of a provisioner's tests.
+func testSet(exportPath string) *exports.Set {
+	set, err := exports.NewSet([]exports.Export{{Name: exports.DefaultName, Server: testServer, Path: exportPath, Dir: "/persistentvolumes"}})
+	if err != nil {
+		panic(err)
+	}
+	return set
 }
 
 func class(name string, params map[string]string) *storagev1.StorageClass {
@@ -102,7 +113,7 @@ func (e *env) provision(t *testing.T, sc *storagev1.StorageClass, pvc *v1.Persis
 }
 
 func (e *env) count(op, outcome string) float64 {
-	return testutil.ToFloat64(e.metrics.Operations(op, outcome))
+	return testutil.ToFloat64(e.metrics.Operations(op, outcome, exports.DefaultName))
 }
 
 // snapshot records every path and mode below dir, to prove nothing changed.

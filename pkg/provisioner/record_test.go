@@ -197,7 +197,7 @@ func TestDeleteAfterNFSPathChanged(t *testing.T) {
 	assert.Equal(t, before, snapshot(t, e.root))
 
 	// The same through the informer cache.
-	small := NewCompactor(testProvisioner, "/srv").Compact(pv)
+	small := NewCompactor(testProvisioner, testSet("/srv")).Compact(pv)
 	require.ErrorContains(t, e.p.Delete(context.Background(), small), `records directory "ns/data"`)
 	assert.Equal(t, before, snapshot(t, e.root))
 }

@@ -1,0 +1,267 @@
+package placement
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+)
+
+// Export is what the Placer reads of an export; exportfs.FS implements it.
+type Export interface {
+	Usage(ctx context.Context) (exportfs.Usage, error)
+	// Hung reports since when the export hasn't answered; a hung export
+	// isn't asked, it is skipped at once.
+	Hung() (since time.Time, blocked int)
+}
+
+// Config is what a Placer needs.
+type Config struct {
+	Exports map[string]Export
+	// Committed returns the sum of the capacities of the PVs on an
+	// export, for the overcommit ratio.
+	Committed func(export string) (uint64, error)
+	// MaxAge is how long figures are reused; Timeout bounds reading them.
+	MaxAge, Timeout time.Duration
+	Clock           clock.PassiveClock
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxAge  = 2 * time.Second
+	DefaultTimeout = 2 * time.Second
+	// placementTTL drops a placement whose PV never showed up (its claim
+	// deleted meanwhile, the PV never saved): in flight no longer.
+	placementTTL = 10 * time.Minute
+)
+
+// Placer places claims on exports from fresh figures, counting the claims
+// placed meanwhile. Safe for concurrent use.
+type Placer struct {
+	cfg Config
+
+	mu      sync.Mutex
+	figures map[string]*figure
+	placed  map[string]placed // by PV name
+}
+
+// figure is the last reading of one export, or the one in flight.
+type figure struct {
+	at      time.Time // when the reading started
+	f       Figures
+	err     error
+	reading chan struct{} // closed when the reading in flight ends; nil if none
+}
+
+// placed is one claim placed on an export: in flight until its PV shows up
+// (Done), and counted against the export's free bytes until a reading
+// started after it was placed.
+type placed struct {
+	export string
+	bytes  uint64
+	at     time.Time
+	done   bool
+}
+
+// New returns a Placer.
+func New(cfg Config) *Placer {
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = DefaultMaxAge
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	return &Placer{cfg: cfg, figures: map[string]*figure{}, placed: map[string]placed{}}
+}
+
+// Place chooses, among names (the class's exports, in its order), the export
+// for the PV pvName requesting request bytes, and counts it there until the
+// PV shows up (Done) or the attempt fails (Forget). With one name and no
+// capacity check there is nothing to choose and nothing is read.
+func (p *Placer) Place(ctx context.Context, pvName string, names []string, request uint64, chk Check) (string, error) {
+	if len(names) == 1 && !chk.Capacity {
+		p.record(pvName, names[0], request)
+		return names[0], nil
+	}
+	cands, err := p.candidates(ctx, names, chk)
+	if err != nil {
+		return "", err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Counted afresh under the lock: claims placed while the figures were
+	// read count too.
+	for i := range cands {
+		cands[i].Pending, cands[i].Committed = p.pendingLocked(cands[i].Name, pvName, cands[i].Committed)
+	}
+	i, err := Choose(cands, request, chk)
+	if err != nil {
+		return "", err
+	}
+	p.placed[pvName] = placed{export: cands[i].Name, bytes: request, at: p.cfg.Clock.Now()}
+	return cands[i].Name, nil
+}
+
+// CheckGrowth checks that export may take growth bytes more for a volume
+// already on it, as chk asks.
+func (p *Placer) CheckGrowth(ctx context.Context, export string, growth uint64, chk Check) error {
+	cands, err := p.candidates(ctx, []string{export}, chk)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	cands[0].Pending, cands[0].Committed = p.pendingLocked(export, "", cands[0].Committed)
+	p.mu.Unlock()
+	if cands[0].Err != nil {
+		return fmt.Errorf("export %q: free space not known: %w", export, cands[0].Err)
+	}
+	if why := refusal(cands[0], growth, chk); why != "" {
+		return &Refusal{fmt.Sprintf("no room to grow the volume by %s: %s", bytes(growth), why)}
+	}
+	return nil
+}
+
+// Done marks the PV's claim as no longer in flight: the PV exists, so its
+// capacity is among the export's committed bytes. The placement is dropped
+// once no reading of the export, present or future, can miss it.
+func (p *Placer) Done(pvName string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pl, ok := p.placed[pvName]
+	if !ok {
+		return
+	}
+	f := p.figures[pl.export]
+	if f == nil || !pl.at.After(f.at) || p.cfg.Clock.Since(f.at) >= p.cfg.MaxAge {
+		delete(p.placed, pvName)
+		return
+	}
+	pl.done = true
+	p.placed[pvName] = pl
+}
+
+// Forget drops the PV's placement: the attempt failed and left nothing.
+func (p *Placer) Forget(pvName string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.placed, pvName)
+}
+
+func (p *Placer) record(pvName, export string, request uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.placed[pvName] = placed{export: export, bytes: request, at: p.cfg.Clock.Now()}
+}
+
+// pendingLocked returns the bytes placed on export that its last reading
+// can't show, and committed plus the bytes in flight to it, leaving out
+// the PV being placed again (except). It drops what no longer counts.
+func (p *Placer) pendingLocked(export, except string, committed uint64) (pending, inFlight uint64) {
+	now := p.cfg.Clock.Now()
+	var readAt time.Time
+	if f := p.figures[export]; f != nil {
+		readAt = f.at
+	}
+	inFlight = committed
+	for name, pl := range p.placed {
+		switch {
+		case now.Sub(pl.at) > placementTTL || (pl.done && !readAt.IsZero() && pl.at.Before(readAt)):
+			if pl.export == export {
+				delete(p.placed, name)
+			}
+		case pl.export != export || name == except:
+		default:
+			pending += pl.bytes
+			if !pl.done {
+				inFlight += pl.bytes
+			}
+		}
+	}
+	return pending, inFlight
+}
+
+// candidates reads, at once, the figures of every export in names (fresh
+// ones, or those at most MaxAge old) and, with a ratio, their committed
+// capacity.
+func (p *Placer) candidates(ctx context.Context, names []string, chk Check) ([]Candidate, error) {
+	cands := make([]Candidate, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		cands[i].Name = name
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cands[i].Figures, cands[i].Err = p.read(ctx, name)
+		}()
+	}
+	wg.Wait()
+	if chk.Ratio > 0 {
+		for i := range cands {
+			c, err := p.cfg.Committed(cands[i].Name)
+			if err != nil {
+				return nil, err
+			}
+			cands[i].Committed = c
+		}
+	}
+	return cands, nil
+}
+
+// read returns the export's figures, at most MaxAge old; concurrent callers
+// share one reading.
+func (p *Placer) read(ctx context.Context, name string) (Figures, error) {
+	export, ok := p.cfg.Exports[name]
+	if !ok {
+		return Figures{}, fmt.Errorf("no export %q is served", name)
+	}
+	for {
+		p.mu.Lock()
+		f := p.figures[name]
+		if f != nil && f.reading == nil && p.cfg.Clock.Since(f.at) < p.cfg.MaxAge {
+			p.mu.Unlock()
+			return f.f, f.err
+		}
+		if f != nil && f.reading != nil {
+			ch := f.reading
+			p.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return Figures{}, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		prev := f
+		p.figures[name] = &figure{reading: ch}
+		if prev != nil {
+			p.figures[name].at, p.figures[name].f, p.figures[name].err = prev.at, prev.f, prev.err
+		}
+		p.mu.Unlock()
+
+		start := p.cfg.Clock.Now()
+		var got Figures
+		var err error
+		if since, _ := export.Hung(); !since.IsZero() {
+			err = fmt.Errorf("not answering since %s", since.UTC().Format(time.RFC3339))
+		} else {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.Timeout)
+			var u exportfs.Usage
+			u, err = export.Usage(rctx)
+			cancel()
+			got = Figures{Free: u.FreeBytes, Size: u.TotalBytes}
+		}
+		p.mu.Lock()
+		p.figures[name] = &figure{at: start, f: got, err: err}
+		p.mu.Unlock()
+		close(ch)
+		return got, err
+	}
+}
