@@ -345,6 +345,18 @@ func TestExportsPlacement(t *testing.T) {
 		}
 		t.Logf("deleted %s/%s (export %s, archived %v): export %s now %v", c.ns, c.claim, c.x.name, c.archived, c.x.name, sortedKeys(own))
 	}
+
+	// Operations counted on the export acted on; the refusal before any
+	// export was chosen on export "".
+	m := e.metrics()
+	ops := func(export, op, outcome string) float64 {
+		return metricValue(t, m, fmt.Sprintf(`nfs_provisioner_operations_total{export=%q,operation=%q,outcome=%q}`, export, op, outcome))
+	}
+	assert.Equal(t, 5.0, ops("fast", "provision", "success"), "a-fast, b-1, b-3, d-1/data, d-2/logs")
+	assert.Equal(t, 4.0, ops("bulk", "provision", "success"), "a-bulk, b-2, d-2/data, d-1/logs")
+	assert.Equal(t, 2.0, ops("fast", "delete", "success"), "d-1/data deleted, d-2/logs archived")
+	assert.Equal(t, 2.0, ops("bulk", "delete", "success"), "d-2/data archived, d-1/logs deleted")
+	assert.GreaterOrEqual(t, ops("", "provision", "refused"), 1.0, "g-nope")
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -479,6 +491,8 @@ func TestExportsOneUnwritable(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 200, code)
 	m = e.metrics()
+	assert.GreaterOrEqual(t, metricValue(t, m, `nfs_provisioner_operations_total{export="bulk",operation="provision",outcome="error"}`), float64(len(broken)))
+	assert.Equal(t, float64(len(healthy)), metricValue(t, m, `nfs_provisioner_operations_total{export="fast",operation="provision",outcome="success"}`))
 	assert.Equal(t, 0.0, metricValue(t, m, `nfs_provisioner_export_ready{export="bulk"}`))
 	assert.Equal(t, 1.0, metricValue(t, m, `nfs_provisioner_export_ready{export="fast"}`))
 
