@@ -31,6 +31,7 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/config"
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/incumbent"
 	"github.com/kube-nfs/nfs-provisioner/pkg/metrics"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
@@ -321,11 +322,15 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 	// Usage scans and archive sizes share one rate of filesystem calls.
 	scanRate := usage.NewRate(o.UsageScanRate)
 	if o.UsageScanInterval > 0 {
+		set, err := o.ExportList()
+		if err != nil {
+			return nil, err
+		}
 		pvs := volumes.GetIndexer()
 		scanner := usage.New(usage.Config{
-			Export: export,
+			Exports: map[string]usage.Export{exports.DefaultName: export},
 			Volumes: func() []usage.Volume {
-				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, o.NFSServer, o.NFSPath)
+				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, set)
 			},
 			Interval: o.UsageScanInterval,
 			Wait:     scanRate,
