@@ -339,7 +339,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		m.Registry.MustRegister(scanner.Collector())
 		leaderOnly = append(leaderOnly, scanner)
 	}
-	remover := retention.New(retention.Config{Archives: prov, Sizes: export, Wait: scanRate, Retention: o.ArchiveRetention})
+	remover := retention.New(retention.Config{Exports: []retention.Export{{Name: exports.DefaultName, Archives: prov, Sizes: export}}, Wait: scanRate, Retention: o.ArchiveRetention})
 	m.Registry.MustRegister(remover.Collector())
 	leaderOnly = append(leaderOnly, remover)
 
