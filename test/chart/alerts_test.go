@@ -80,6 +80,31 @@ func TestAlertRules(t *testing.T) {
 	}
 	require.NotEmpty(t, defined)
 	assert.ElementsMatch(t, defined, tested, "alerts defined vs alerts with a promtool test")
+
+	// Each alert has a case where it fires and one where it stays quiet.
+	var suite struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string           `json:"alertname"`
+				ExpAlerts []map[string]any `json:"exp_alerts"`
+			} `json:"alert_rule_test"`
+		} `json:"tests"`
+	}
+	require.NoError(t, yaml.Unmarshal(tests, &suite))
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range suite.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	for _, name := range defined {
+		assert.True(t, fires[name], "%s has no case where it fires", name)
+		assert.True(t, quiet[name], "%s has no case where it stays quiet", name)
+	}
 }
 
 // TestMonitoringObjects: the dashboard is valid JSON naming only our
@@ -107,7 +132,7 @@ func TestMonitoringObjects(t *testing.T) {
 	assert.Equal(t, "kps", pr.GetLabels()["release"])
 	rules, err := yaml.Marshal(pr.Object["spec"])
 	require.NoError(t, err)
-	assert.Equal(t, 7, strings.Count(string(rules), "team: storage"), "ruleLabels on every alert")
+	assert.Equal(t, 8, strings.Count(string(rules), "team: storage"), "ruleLabels on every alert")
 	for _, m := range regexp.MustCompile(`\b(nfs_provisioner_[a-z_]+)`).FindAllStringSubmatch(string(rules), -1) {
 		assert.Contains(t, known, m[1], "alert metric")
 	}
