@@ -154,3 +154,60 @@ func knownMetrics(t *testing.T) []string {
 	}
 	return out
 }
+
+// TestDashboardPanels: the panels about exports show one series per export,
+// named in the legend, and honour the export variable; no two panels
+// overlap.
+func TestDashboardPanels(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile(filepath.Join(ChartDir(t), "files", "dashboard.json"))
+	require.NoError(t, err)
+	var dash struct {
+		Templating struct {
+			List []struct {
+				Name string `json:"name"`
+			} `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			ID      int    `json:"id"`
+			Title   string `json:"title"`
+			GridPos struct {
+				X, Y, W, H int
+			} `json:"gridPos"`
+			Targets []struct {
+				Expr         string `json:"expr"`
+				LegendFormat string `json:"legendFormat"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, yaml.Unmarshal(raw, &dash))
+	var vars []string
+	for _, v := range dash.Templating.List {
+		vars = append(vars, v.Name)
+	}
+	assert.Contains(t, vars, "export")
+
+	ids := map[int]bool{}
+	exportPanels := 0
+	for i, p := range dash.Panels {
+		assert.False(t, ids[p.ID], "panel id %d twice", p.ID)
+		ids[p.ID] = true
+		for _, q := range dash.Panels[:i] {
+			overlap := p.GridPos.X < q.GridPos.X+q.GridPos.W && q.GridPos.X < p.GridPos.X+p.GridPos.W &&
+				p.GridPos.Y < q.GridPos.Y+q.GridPos.H && q.GridPos.Y < p.GridPos.Y+p.GridPos.H
+			assert.False(t, overlap, "panels %q and %q overlap", p.Title, q.Title)
+		}
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, "nfs_provisioner_export_") {
+				continue
+			}
+			exportPanels++
+			assert.Contains(t, tg.Expr, "by (export)", "panel %q: one series per export", p.Title)
+			assert.Contains(t, tg.LegendFormat, "{{export}}", "panel %q: the export in the legend", p.Title)
+			for _, m := range regexp.MustCompile(`nfs_provisioner_export_[a-z_]+\{[^}]*\}`).FindAllString(tg.Expr, -1) {
+				assert.Contains(t, m, `export=~"$export"`, "panel %q", p.Title)
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, exportPanels, 6)
+}
