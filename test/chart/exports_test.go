@@ -381,3 +381,27 @@ func TestExportSchemaRejects(t *testing.T) {
 		}
 	})
 }
+
+// TestExportsNotes: the release notes list the exports and the classes'
+// exports, and say where a SUCCESS file lands.
+func TestExportsNotes(t *testing.T) {
+	Helm(t) // skips with -short
+	notes := RenderNotes(t, RenderOptions{Values: []string{writeValues(t, severalExportsValues)}})
+	for _, want := range []string{
+		`NFS export:       10.0.0.1:/ssd/k8s (export "fast", at /exports/fast)`,
+		`NFS export:       10.0.0.2:/hdd/k8s (mount options: nfsvers=4.1,hard) (export "bulk", at /exports/bulk)`,
+		"StorageClass:     nfs-spread (exports: fast, bulk)",
+		"turn Ready once one of them is writable",
+		"One Deployment per failure domain",
+		"storageClassName: nfs-fast",
+		"under the path of the export the claim went to",
+	} {
+		assert.Contains(t, notes, want)
+	}
+	assert.NotContains(t, notes, "/nfs-storage", "nfs.path is not used without nfs.server")
+
+	notes = RenderNotes(t, RenderOptions{Values: []string{DefaultValuesFile(t)}, Set: []string{
+		"exports[0].name=fast", "exports[0].server=10.0.0.1", "exports[0].path=/ssd"}})
+	assert.Contains(t, notes, `NFS export:       nfs.example.com:/exported/path (export "default")`)
+	assert.Contains(t, notes, "/exported/path/<namespace>-test-claim-<pv name>/SUCCESS", "the class of export default")
+}

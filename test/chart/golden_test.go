@@ -64,14 +64,19 @@ func goldenRenders(t *testing.T) map[string]RenderOptions {
 // the export metrics gained the label `export`).
 //
 // testdata/golden/*.yaml are `helm template` outputs of the chart before
-// `exports` was added, with the chart's version and appVersion replaced by
-// CHART_VERSION and APP_VERSION. NFS_PROVISIONER_UPDATE_GOLDEN=1 rewrites
-// them: only do that for a change meant to reach every existing release.
+// `exports` was added (commit 4d3be3e), with the chart's version and
+// appVersion replaced by CHART_VERSION and APP_VERSION; *.notes.txt its
+// NOTES.txt. NFS_PROVISIONER_UPDATE_GOLDEN=1 rewrites them: only do that for
+// a change meant to reach every existing release.
+// NFS_PROVISIONER_GOLDEN_CHART=<dir> renders another chart directory, e.g.
+// an older commit's (git archive), to make or check the goldens with it.
 func TestSingleExportRenderUnchanged(t *testing.T) {
 	Helm(t) // skips with -short
+	chart := os.Getenv("NFS_PROVISIONER_GOLDEN_CHART")
 	version, appVersion := chartVersions(t)
 	update := os.Getenv("NFS_PROVISIONER_UPDATE_GOLDEN") == "1"
 	for name, o := range goldenRenders(t) {
+		o.Chart = chart
 		t.Run(name, func(t *testing.T) {
 			stdout, stderr, err := RunHelm(t, o.args(t)...)
 			require.NoError(t, err, stderr)
@@ -80,15 +85,20 @@ func TestSingleExportRenderUnchanged(t *testing.T) {
 				"app.kubernetes.io/version: \""+appVersion+"\"\n", "app.kubernetes.io/version: \"APP_VERSION\"\n",
 				"nfs-provisioner:v"+strings.TrimPrefix(appVersion, "v")+"\"\n", "nfs-provisioner:vAPP_VERSION\"\n",
 			).Replace(stdout)
-			file := filepath.Join("testdata", "golden", name+".yaml")
-			if update {
-				require.NoError(t, os.MkdirAll(filepath.Dir(file), 0o755))
-				require.NoError(t, os.WriteFile(file, []byte(got), 0o644))
-				return
+			notes := RenderNotes(t, o)
+			for file, got := range map[string]string{
+				filepath.Join("testdata", "golden", name+".yaml"):      got,
+				filepath.Join("testdata", "golden", name+".notes.txt"): notes,
+			} {
+				if update {
+					require.NoError(t, os.MkdirAll(filepath.Dir(file), 0o755))
+					require.NoError(t, os.WriteFile(file, []byte(got), 0o644))
+					continue
+				}
+				want, err := os.ReadFile(file)
+				require.NoError(t, err)
+				assert.Equal(t, string(want), got, "the render of %s changed", file)
 			}
-			want, err := os.ReadFile(file)
-			require.NoError(t, err)
-			assert.Equal(t, string(want), got, "the render of %s changed", file)
 		})
 	}
 }
