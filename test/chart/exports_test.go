@@ -405,3 +405,42 @@ func TestExportsNotes(t *testing.T) {
 	assert.Contains(t, notes, `NFS export:       nfs.example.com:/exported/path (export "default")`)
 	assert.Contains(t, notes, "/exported/path/<namespace>-test-claim-<pv name>/SUCCESS", "the class of export default")
 }
+
+// TestExportsReadme: the chart README's example is severalExportsValues
+// (rendered by TestExports and TestServerSideDryRun), and it has the
+// section on failure domains the notes point to.
+func TestExportsReadme(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile(filepath.Join(ChartDir(t), "README.md"))
+	require.NoError(t, err)
+	readme := string(raw)
+	assert.Contains(t, readme, "\n## Several exports\n")
+	assert.Contains(t, readme, "\n### One Deployment per failure domain\n")
+	assert.Contains(t, readme, "```yaml\n"+severalExportsValues+"```\n", "the README's example is severalExportsValues")
+}
+
+// TestOneReleasePerFailureDomain: the README's two releases, one per NFS
+// server, in one namespace: no object of one has the name of one of the
+// other, and they have different provisioner names (and so Leases).
+func TestOneReleasePerFailureDomain(t *testing.T) {
+	Helm(t) // skips with -short
+
+	seen := map[string]string{} // kind/namespace/name -> release
+	provisioners := map[string]bool{}
+	for _, r := range []struct{ release, server, path, class string }{
+		{"nfs-a", "10.0.0.1", "/ssd/k8s", "nfs-a"},
+		{"nfs-b", "10.0.0.2", "/hdd/k8s", "nfs-b"},
+	} {
+		objs, err := Render(t, RenderOptions{Release: r.release, Set: []string{
+			"nfs.server=" + r.server, "nfs.path=" + r.path, "storageClass.name=" + r.class}})
+		require.NoError(t, err)
+		for _, o := range objs {
+			key := o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
+			assert.NotContains(t, seen, key, "%s of release %s", key, r.release)
+			seen[key] = r.release
+		}
+		sc := convert[storagev1.StorageClass](t, One(t, objs, "StorageClass"))
+		assert.False(t, provisioners[sc.Provisioner], "provisioner name %s twice", sc.Provisioner)
+		provisioners[sc.Provisioner] = true
+	}
+}
