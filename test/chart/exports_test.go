@@ -217,6 +217,8 @@ extraStorageClasses:
   - {name: one, exports: [a]}
   - {name: two, exports: [b, a], capacityCheck: "true", overcommitRatio: "2"}
   - {name: int-ratio, capacityCheck: true, overcommitRatio: 3}
+  - {name: big-ratio, capacityCheck: true, overcommitRatio: 1000000}
+  - {name: fine-ratio, capacityCheck: true, overcommitRatio: 1.25}
   - {name: unchecked, capacityCheck: false}
   - {name: empty-list, exports: []}
 `)
@@ -231,6 +233,8 @@ extraStorageClasses:
 		"one":        {"export": "a"},
 		"two":        {"export": "b,a", "capacityCheck": "true", "overcommitRatio": "2"},
 		"int-ratio":  {"capacityCheck": "true", "overcommitRatio": "3"},
+		"big-ratio":  {"capacityCheck": "true", "overcommitRatio": "1000000"},
+		"fine-ratio": {"capacityCheck": "true", "overcommitRatio": "1.25"},
 		"unchecked":  {"capacityCheck": "false"},
 		"empty-list": nil,
 	}, got)

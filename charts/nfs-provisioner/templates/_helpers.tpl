@@ -282,7 +282,12 @@ parameters:
   capacityCheck: {{ include "nfs-provisioner.boolString" $c.capacityCheck | quote }}
   {{- end }}
   {{- if include "nfs-provisioner.isSet" $c.overcommitRatio }}
-  overcommitRatio: {{ $c.overcommitRatio | toString | quote }}
+  {{- $ratio := $c.overcommitRatio | toString }}
+  {{- if and (kindIs "float64" $c.overcommitRatio) (contains "e" $ratio) }}
+  {{- /* a YAML number Go would print with an exponent (1e+06): as a decimal */}}
+  {{- $ratio = regexReplaceAll "\\.?0+$" (printf "%f" $c.overcommitRatio) "" }}
+  {{- end }}
+  overcommitRatio: {{ $ratio | quote }}
   {{- end }}
 {{- with $mountOptions }}
 mountOptions:
