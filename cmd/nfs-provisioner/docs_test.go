@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"go/ast"
 	"go/parser"
@@ -157,8 +158,8 @@ func TestDocsParameterTables(t *testing.T) {
 func TestDocsMetricsTable(t *testing.T) {
 	t.Parallel()
 	logger, _ := ktesting.NewTestContext(t)
-	m := metrics.New()
-	m.RegisterExportUsage(exportfs.New(t.TempDir(), time.Second), time.Second, logger)
+	m := metrics.New("default")
+	m.RegisterExport("default", exportfs.New(t.TempDir(), time.Second), func(context.Context) error { return nil }, time.Second, logger)
 	families, err := m.Registry.Gather()
 	require.NoError(t, err)
 	var want []string

@@ -30,7 +30,7 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 	bytes := fs.Bool("bytes", false, "Also measure every directory listed, as the usage scanner does, within --usage-scan-rate.")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: nfs-provisioner report [-o table|json] [flags]")
-		fmt.Fprintln(stderr, "Classifies every directory of the export against the cluster's PersistentVolumes: live, archived, orphan, missing. Only reads. Exit code 3 when it finds orphans or missing directories.")
+		fmt.Fprintln(stderr, "Classifies every directory of each export against the cluster's PersistentVolumes: live, archived, orphan, missing. Only reads. Exit code 3 when it finds orphans or missing directories, 1 when an export can't be read (the others are still listed).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -57,16 +57,40 @@ func runReport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
 		return 1
 	}
+	set, err := opts.ExportList()
+	if err != nil {
+		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
+		return 2
+	}
 	entries, err := report.Run(ctx, report.Config{
-		Client: client, Name: "default", ExportDir: opts.ExportDir, ExportPath: opts.NFSPath, Timeout: opts.FSTimeout,
+		Client: client, Exports: set, Timeout: opts.FSTimeout,
 		Bytes: *bytes, Wait: usage.NewRate(opts.UsageScanRate),
 	})
-	if err != nil {
+	return writeReport(stdout, stderr, *format, entries, err)
+}
+
+// writeReport prints what report.Run returned and picks the exit code: 1
+// when something couldn't be read, the entries of the exports that could
+// still printed; else 3 on orphans or missing directories.
+func writeReport(stdout, stderr io.Writer, format string, entries []report.Entry, err error) int {
+	var exportErr *report.ExportError
+	if err != nil && !errors.As(err, &exportErr) {
 		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
 		return 1
 	}
-	if err := report.Write(stdout, *format, entries); err != nil {
+	if err := report.Write(stdout, format, entries); err != nil {
 		fmt.Fprintln(stderr, "nfs-provisioner report:", err)
+		return 1
+	}
+	if err != nil {
+		errs := []error{err}
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = joined.Unwrap()
+		}
+		for _, err := range errs {
+			fmt.Fprintln(stderr, "nfs-provisioner report:", err)
+		}
+		fmt.Fprintln(stderr, "nfs-provisioner report: the exports named above could not be read; the others' directories are listed")
 		return 1
 	}
 	if report.Problems(entries) > 0 {

@@ -37,8 +37,8 @@ import (
 	"github.com/kube-nfs/nfs-provisioner/pkg/placement"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
 	"github.com/kube-nfs/nfs-provisioner/pkg/resize"
-	"github.com/kube-nfs/nfs-provisioner/pkg/router"
 	"github.com/kube-nfs/nfs-provisioner/pkg/retention"
+	"github.com/kube-nfs/nfs-provisioner/pkg/router"
 	"github.com/kube-nfs/nfs-provisioner/pkg/usage"
 	"github.com/kube-nfs/nfs-provisioner/pkg/version"
 )
@@ -392,17 +392,22 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 	})
 
 	leaderOnly := together{resizer}
-	// TODO(issue 11): every export, once usage and retention take several.
-	first := set.All()[0]
-	export := fss[first.Name]
-	// Usage scans and archive sizes share one rate of filesystem calls.
+	// Usage scans and archive sizes share one rate of filesystem calls;
+	// each export has its own loop in both, so a hung one stalls only its
+	// own.
 	scanRate := usage.NewRate(o.UsageScanRate)
+	scanned := map[string]usage.Export{}
+	var archived []retention.Export
+	for i, e := range set.All() {
+		scanned[e.Name] = fss[e.Name]
+		archived = append(archived, retention.Export{Name: e.Name, Archives: provs[i], Sizes: fss[e.Name]})
+	}
 	if o.UsageScanInterval > 0 {
 		pvs := volumes.GetIndexer()
 		scanner := usage.New(usage.Config{
-			Export: export,
+			Exports: scanned,
 			Volumes: func() []usage.Volume {
-				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, first.Server, first.Path)
+				return usage.VolumesOf(listPVs(pvs), o.ProvisionerName, set)
 			},
 			Interval: o.UsageScanInterval,
 			Wait:     scanRate,
@@ -411,7 +416,7 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 		m.Registry.MustRegister(scanner.Collector())
 		leaderOnly = append(leaderOnly, scanner)
 	}
-	remover := retention.New(retention.Config{Archives: provs[0], Sizes: export, Wait: scanRate, Retention: o.ArchiveRetention})
+	remover := retention.New(retention.Config{Exports: archived, Wait: scanRate, Retention: o.ArchiveRetention})
 	m.Registry.MustRegister(remover.Collector())
 	leaderOnly = append(leaderOnly, remover)
 

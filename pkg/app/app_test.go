@@ -183,3 +183,25 @@ current-context: c
 	assert.Equal(t, float32(123), cfg.QPS)
 	assert.Equal(t, 456, cfg.Burst)
 }
+
+// TestStartsWithOneWritableExport checks the start-up rule: an export that
+// isn't mounted is logged and its claims fail, but the process starts while
+// another is writable, and fails to start when none is.
+func TestStartsWithOneWritableExport(t *testing.T) {
+	t.Parallel()
+	_, ctx := ktesting.NewTestContext(t)
+	missing := filepath.Join(t.TempDir(), "missing")
+	set, err := exports.NewSet([]exports.Export{
+		{Name: "fast", Server: "10.0.0.1", Path: "/ssd", Dir: t.TempDir()},
+		{Name: "bulk", Server: "10.0.0.2", Path: "/hdd", Dir: missing},
+	})
+	require.NoError(t, err)
+	fss, err := mountedExports(ctx, klog.FromContext(ctx), set, time.Second)
+	require.NoError(t, err)
+	assert.Len(t, fss, 2, "the missing export is still served: it may be mounted later")
+
+	set, err = exports.NewSet([]exports.Export{{Name: "bulk", Server: "10.0.0.2", Path: "/hdd", Dir: missing}})
+	require.NoError(t, err)
+	_, err = mountedExports(ctx, klog.FromContext(ctx), set, time.Second)
+	require.ErrorContains(t, err, "NFS export bulk (10.0.0.2:/hdd at "+missing+")")
+}

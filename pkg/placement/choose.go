@@ -101,7 +101,7 @@ func refusal(c Candidate, request uint64, chk Check) string {
 	if chk.Ratio > 0 {
 		limit := chk.Ratio * float64(c.Figures.Size)
 		if float64(c.Committed)+float64(request) > limit {
-			return fmt.Sprintf("export %q would hold %s of volumes, above overcommitRatio %g × its size %s = %s (%s committed, the claim asks %s)",
+			return fmt.Sprintf("export %q would hold %s of volumes, above overcommitRatio %g times its size %s = %s (%s committed, the claim asks %s)",
 				c.Name, bytes(c.Committed+request), chk.Ratio, bytes(c.Figures.Size), bytes(uint64(limit)), bytes(c.Committed), bytes(request))
 		}
 	}

@@ -139,7 +139,7 @@ func (p *Placer) Done(pvName string) {
 		return
 	}
 	f := p.figures[pl.export]
-	if f == nil || !pl.at.After(f.at) || p.cfg.Clock.Since(f.at) >= p.cfg.MaxAge {
+	if f == nil || pl.at.Before(f.at) || p.cfg.Clock.Since(f.at) >= p.cfg.MaxAge {
 		delete(p.placed, pvName)
 		return
 	}

@@ -552,3 +552,56 @@ func TestSharingNeedsOneClassWhileProvisioning(t *testing.T) {
 	_, _, err = e.p.reserve(led, "shared", claimRef{uid: "u3", namespace: "ns", class: "team", pv: "pvc-u3"}, shared)
 	require.NoError(t, err)
 }
+
+// TestSameDirectoryOnTwoExports checks that directories are told apart per
+// export: two provisioners on one PV informer, exporting the same path from
+// two servers, each give the same directory to a claim of their own, and
+// each PV records its export.
+func TestSameDirectoryOnTwoExports(t *testing.T) {
+	t.Parallel()
+	set, err := exports.NewSet([]exports.Export{
+		{Name: "fast", Server: "10.0.0.1", Path: testPath, Dir: "/exports/fast"},
+		{Name: "twin", Server: "10.0.0.2", Path: testPath, Dir: "/exports/twin"},
+	})
+	require.NoError(t, err)
+	volumes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, Indexers(set))
+	classes := storagelisters.NewStorageClassLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}))
+	m := metrics.New("fast", "twin")
+	provs := map[string]*Provisioner{}
+	roots := map[string]string{}
+	for _, e := range set.All() {
+		roots[e.Name] = t.TempDir()
+		provs[e.Name] = New(Config{Name: e.Name, Server: e.Server, ExportPath: e.Path, Export: exportfs.New(roots[e.Name], 5*time.Second),
+			Volumes: volumes, Classes: classes, Metrics: m, Resolver: &fakeResolver{}})
+	}
+	sc := class("nfs", map[string]string{"pathPattern": "${.PVC.namespace}/data"})
+	var pvs []*v1.PersistentVolume
+	for i, name := range []string{"fast", "twin"} {
+		c := claim("ns", "data", fmt.Sprint("u", i))
+		pv, _, err := provs[name].Provision(context.Background(), opts(sc, c))
+		require.NoError(t, err, name)
+		pv.Spec.ClaimRef = &v1.ObjectReference{Namespace: c.Namespace, Name: c.Name, UID: c.UID}
+		require.NoError(t, volumes.Add(pv))
+		provs[name].VolumeAdded(pv)
+		assert.Equal(t, name, pv.Annotations[exports.Annotation])
+		assert.Equal(t, set.All()[i].Server, pv.Spec.NFS.Server)
+		assert.Equal(t, testPath+"/ns/data", pv.Spec.NFS.Path)
+		assert.DirExists(t, filepath.Join(roots[name], "ns/data"))
+		pvs = append(pvs, pv)
+	}
+	// Within one export the directory is still guarded.
+	_, _, err = provs["fast"].Provision(context.Background(), opts(sc, claim("ns", "data", "u9")))
+	require.ErrorContains(t, err, `is already used by PersistentVolume "pvc-u0"`)
+	onFast, err := VolumesOn(volumes, "fast")
+	require.NoError(t, err)
+	require.Len(t, onFast, 1)
+	assert.Equal(t, "pvc-u0", onFast[0].Name)
+
+	// Deleting the one on fast leaves twin's directory alone.
+	pvs[0].Annotations[AnnOnDelete] = "delete"
+	require.NoError(t, provs["fast"].Delete(context.Background(), pvs[0]))
+	assert.NoDirExists(t, filepath.Join(roots["fast"], "ns/data"))
+	assert.DirExists(t, filepath.Join(roots["twin"], "ns/data"))
+	assert.EqualValues(t, 1, testutil.ToFloat64(m.Operations(metrics.OpDelete, metrics.Success, "fast")))
+	assert.EqualValues(t, 0, testutil.ToFloat64(m.Operations(metrics.OpDelete, metrics.Success, "twin")))
+}

@@ -1,12 +1,14 @@
-// Package report classifies what an export holds against the cluster's
-// PersistentVolumes and the provisioner's ledger, for `nfs-provisioner
-// report`: which directories are live volumes, archives, orphans nobody
-// uses, and which volumes' directories are missing. It only reads.
+// Package report classifies what each export holds against the cluster's
+// PersistentVolumes and the provisioner's ledger on that export, for
+// `nfs-provisioner report`: which directories are live volumes, archives,
+// orphans nobody uses, and which volumes' directories are missing. It only
+// reads.
 package report
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -24,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/pager"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/ledger"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
@@ -56,23 +59,30 @@ type Export interface {
 	fs.ReadDirFS
 }
 
-// Input is what one report looks at.
+// Input is what the report of one export looks at.
 type Input struct {
-	Name       string // the export's name, "default" for NFS_SERVER/NFS_PATH
-	ExportPath string // NFS_PATH: PVs below it are on this export
-	Export     Export
-	PVs        []v1.PersistentVolume
-	Ledger     *ledger.Ledger
-	Now        time.Time
+	// Exports are every export of the install: a PV is classified on the
+	// one it belongs to (Set.Home), and only there.
+	Exports *exports.Set
+	Name    string // the export to classify, one of Exports
+	FS      Export // its files
+	PVs     []v1.PersistentVolume
+	Ledger  *ledger.Ledger // that export's
+	Now     time.Time
 }
 
 // maxDepth bounds the descent into directories holding volumes further down.
 const maxDepth = volpath.MaxDepth
 
-// Classify lists every directory at the top of the export, or, for a
-// directory that holds volumes further down (a nested pathPattern's
-// parents), the ones inside it, and the PVs whose directory is missing.
+// Classify lists every directory at the top of the export in.Name, or, for
+// a directory that holds volumes further down (a nested pathPattern's
+// parents), the ones inside it, and the PVs of that export whose directory
+// is missing.
 func Classify(ctx context.Context, in Input) ([]Entry, error) {
+	export, ok := in.Exports.Get(in.Name)
+	if !ok {
+		return nil, fmt.Errorf("export %s is not declared (the exports are %s)", volpath.Quote(in.Name), in.Exports.Names())
+	}
 	vols := map[string]*v1.PersistentVolume{}
 	above := map[string]bool{} // directories holding a volume further down
 	for i := range in.PVs {
@@ -80,7 +90,10 @@ func Classify(ctx context.Context, in Input) ([]Entry, error) {
 		if pv.Spec.NFS == nil {
 			continue
 		}
-		dir, err := volpath.FromNFSPath(in.ExportPath, pv.Spec.NFS.Path)
+		if home, ok := in.Exports.Home(pv); !ok || home.Name != in.Name {
+			continue
+		}
+		dir, err := volpath.FromNFSPath(export.Path, pv.Spec.NFS.Path)
 		if err != nil || dir == "" {
 			continue
 		}
@@ -111,9 +124,9 @@ func Classify(ctx context.Context, in Input) ([]Entry, error) {
 		if name == "" {
 			name = "."
 		}
-		entries, err := in.Export.ReadDir(name)
+		entries, err := in.FS.ReadDir(name)
 		if err != nil {
-			return fmt.Errorf("reading %q on export %s: %w", name, in.Name, err)
+			return fmt.Errorf("reading %q: %w", name, err)
 		}
 		for _, de := range entries {
 			rel := path.Join(dir, de.Name())
@@ -213,13 +226,12 @@ func dash(s string) string {
 	return s
 }
 
-// Config is what Run needs to report on one export.
+// Config is what Run needs to report on the exports.
 type Config struct {
-	Client     kubernetes.Interface
-	Name       string
-	ExportDir  string // where the export is mounted here
-	ExportPath string // NFS_PATH
-	// Timeout bounds each filesystem call (the ledger's read).
+	Client  kubernetes.Interface
+	Exports *exports.Set
+	// Timeout bounds each filesystem call (the ledger's read, each
+	// directory listing).
 	Timeout time.Duration
 	// Bytes, when set, measures every directory listed (but missing ones),
 	// as the usage scanner does, its calls held to Wait's rate.
@@ -227,8 +239,23 @@ type Config struct {
 	Wait  func(ctx context.Context) error
 }
 
-// Run lists the cluster's PersistentVolumes (in pages), reads the ledger and
-// classifies the export.
+// ExportError is the failure to report on one export.
+type ExportError struct {
+	Export exports.Export
+	Err    error
+}
+
+func (e *ExportError) Error() string { return fmt.Sprintf("export %s: %v", e.Export, e.Err) }
+
+func (e *ExportError) Unwrap() error { return e.Err }
+
+// Run lists the cluster's PersistentVolumes (in pages) and classifies each
+// export against them and its own ledger, the exports in the order
+// declared. It returns the entries of every export it could read; an
+// export it couldn't read (its ledger, a directory listing, within
+// cfg.Timeout) makes an *ExportError, joined in err, and the others are
+// reported still. Any other error (the PVs can't be listed) comes without
+// entries.
 func Run(ctx context.Context, cfg Config) ([]Entry, error) {
 	var pvs []v1.PersistentVolume
 	err := pager.New(func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
@@ -240,13 +267,31 @@ func Run(ctx context.Context, cfg Config) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing PersistentVolumes: %w", err)
 	}
-	export := exportfs.New(cfg.ExportDir, cfg.Timeout)
+	var entries []Entry
+	var errs []error
+	for _, e := range cfg.Exports.All() {
+		got, err := runExport(ctx, cfg, e, pvs)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil {
+			errs = append(errs, &ExportError{Export: e, Err: err})
+			continue
+		}
+		entries = append(entries, got...)
+	}
+	return entries, errors.Join(errs...)
+}
+
+// runExport reports on the export e.
+func runExport(ctx context.Context, cfg Config, e exports.Export, pvs []v1.PersistentVolume) ([]Entry, error) {
+	export := exportfs.New(e.Dir, cfg.Timeout)
 	led, err := ledger.Open(ctx, export)
 	if err != nil {
 		return nil, err
 	}
 	entries, err := Classify(ctx, Input{
-		Name: cfg.Name, ExportPath: cfg.ExportPath, Export: os.DirFS(cfg.ExportDir).(Export),
+		Exports: cfg.Exports, Name: e.Name, FS: bounded{os.DirFS(e.Dir).(Export), cfg.Timeout},
 		PVs: pvs, Ledger: led, Now: time.Now(),
 	})
 	if err != nil || !cfg.Bytes {
@@ -265,4 +310,36 @@ func Run(ctx context.Context, cfg Config) ([]Entry, error) {
 		entries[i].Bytes = &b
 	}
 	return entries, nil
+}
+
+// bounded gives up each directory listing of Export after timeout (none
+// if 0), so that an export hung after its ledger was read fails its report
+// instead of hanging the command; the listing left behind stays blocked
+// until the process exits.
+type bounded struct {
+	Export
+	timeout time.Duration
+}
+
+func (b bounded) ReadDir(name string) ([]fs.DirEntry, error) {
+	if b.timeout <= 0 {
+		return b.Export.ReadDir(name)
+	}
+	type result struct {
+		entries []fs.DirEntry
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		entries, err := b.Export.ReadDir(name)
+		done <- result{entries, err}
+	}()
+	t := time.NewTimer(b.timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.entries, r.err
+	case <-t.C:
+		return nil, fmt.Errorf("no answer within %s: the export may be hung or unreachable, check the NFS server and the mount: %w", b.timeout, exportfs.ErrTimeout)
+	}
 }

@@ -5,7 +5,7 @@ import (
 )
 
 var (
-	volumeLabels   = []string{"namespace", "persistentvolumeclaim", "persistentvolume"}
+	volumeLabels   = []string{"namespace", "persistentvolumeclaim", "persistentvolume", "export"}
 	descUsedBytes  = prometheus.NewDesc("nfs_provisioner_volume_used_bytes", "Bytes allocated below the volume's directory at its last scan (du -s), hard-linked files once.", volumeLabels, nil)
 	descUsedInodes = prometheus.NewDesc("nfs_provisioner_volume_used_inodes", "Files, directories and other entries below the volume's directory at its last scan, the directory included.", volumeLabels, nil)
 	descCapacity   = prometheus.NewDesc("nfs_provisioner_volume_capacity_bytes", "The volume's capacity, from its PersistentVolume; NFS does not enforce it.", volumeLabels, nil)
@@ -26,7 +26,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for _, smp := range c.s.Samples() {
-		labels := []string{smp.Namespace, smp.Claim, smp.PV}
+		labels := []string{smp.Namespace, smp.Claim, smp.PV, smp.Export}
 		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(smp.CapacityBytes), labels...)
 		if smp.Scanned.IsZero() {
 			continue

@@ -1,9 +1,16 @@
-// Package usage measures what each volume on the export holds, for the
+// Package usage measures what each volume on the exports holds, for the
 // per-volume metrics and the VolumeOverCapacity Event. NFS keeps no
 // per-directory accounting and kubelet's volume stats of an nfs volume are a
 // statfs of the whole share, so every claim on it would report the same
-// numbers; this walks each volume's directory instead, on the leader, at a
-// bounded rate.
+// numbers; this walks each volume's directory instead, on the export it is
+// on, on the leader, at a bounded rate.
+//
+// Each export is scanned by a loop of its own, all of them sharing the one
+// rate: a hung export holds up the scans of its own volumes only. There a
+// scan gives up after the FS timeout, later calls fail at once while the
+// export doesn't answer (exportfs' breaker), and each volume is retried at
+// its next interval; the loops of the other exports go on meanwhile, at
+// the rate the hung one leaves unused.
 package usage
 
 import (
@@ -12,7 +19,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io/fs"
-	"strings"
+	"sort"
 	"sync"
 	"time"
 
@@ -24,6 +31,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 	"github.com/kube-nfs/nfs-provisioner/pkg/volpath"
 )
 
@@ -41,13 +49,16 @@ type Volume struct {
 	PV               string
 	Namespace, Claim string
 	ClaimUID         string
+	Export           string // the export's name
 	Dir              string // relative to the export root
 	CapacityBytes    int64
 }
 
 // Config is what a Scanner needs.
 type Config struct {
-	Export Export
+	// Exports are the exports' filesystems, by name: each volume is
+	// measured on the one its Export names, and not at all if none.
+	Exports map[string]Export
 	// Volumes lists the volumes to measure now (the PV informer's view).
 	Volumes func() []Volume
 	// Interval is how often each volume is measured.
@@ -59,11 +70,14 @@ type Config struct {
 	Clock    clock.WithTicker
 }
 
-// Scanner measures every volume once per Interval, one at a time. Safe for
-// concurrent use; Run it only while leading.
+// Scanner measures every volume once per Interval, one at a time on each
+// export. Safe for concurrent use; Run it only while leading.
 type Scanner struct {
 	cfg Config
 
+	// syncMu makes one loop list the volumes while the others wait for
+	// the list, rather than list them too.
+	syncMu  sync.Mutex
 	mu      sync.Mutex
 	entries map[string]*entry // by PV name
 	scans   map[string]uint64 // completed scans by outcome
@@ -104,31 +118,50 @@ func NewRate(callsPerSecond float64) func(ctx context.Context) error {
 // maxIdle bounds how long Run sleeps before looking for new volumes.
 const maxIdle = 10 * time.Second
 
-// Run measures volumes until ctx ends, then forgets what it measured so a
-// replica that no longer leads exports no stale series.
+// Run measures volumes until ctx ends, in one loop per export, then
+// forgets what it measured so a replica that no longer leads exports no
+// stale series. It returns once every loop has.
 func (s *Scanner) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx).WithName("usage")
 	defer s.reset()
 	opts := exportfs.ScanOptions{Wait: s.cfg.Wait}
-	for ctx.Err() == nil {
-		if wait := s.scanNext(ctx, logger, opts); wait > 0 {
-			s.sleep(ctx, min(wait, maxIdle))
-		}
+	var wg sync.WaitGroup
+	for _, name := range s.exportNames() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if wait := s.scanNext(ctx, logger, opts, name); wait > 0 {
+					s.sleep(ctx, min(wait, maxIdle))
+				}
+			}
+		}()
 	}
+	wg.Wait()
 }
 
-// scanNext measures the volume due first, if it is due, and otherwise
-// returns how long until it is (maxIdle if there is none).
-func (s *Scanner) scanNext(ctx context.Context, logger klog.Logger, opts exportfs.ScanOptions) time.Duration {
+// exportNames returns the names of cfg.Exports, sorted.
+func (s *Scanner) exportNames() []string {
+	names := make([]string, 0, len(s.cfg.Exports))
+	for name := range s.cfg.Exports {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// scanNext measures the volume of export due first, if it is due, and
+// otherwise returns how long until it is (maxIdle if there is none).
+func (s *Scanner) scanNext(ctx context.Context, logger klog.Logger, opts exportfs.ScanOptions, export string) time.Duration {
 	now := s.cfg.Clock.Now()
-	e := s.due(now)
+	e := s.due(now, export)
 	if e == nil {
 		return maxIdle
 	}
 	if wait := e.next.Sub(now); wait > 0 {
 		return wait
 	}
-	tally, err := s.cfg.Export.Scan(ctx, e.vol.Dir, opts)
+	tally, err := s.cfg.Exports[export].Scan(ctx, e.vol.Dir, opts)
 	if ctx.Err() != nil {
 		return 0
 	}
@@ -145,37 +178,42 @@ func (s *Scanner) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// due syncs the entries with the current volumes and returns the one to
-// measure next, nil if there is none. A volume seen for the first time is
-// first measured at a point of the interval its name picks, so a restart
-// doesn't measure every volume at once.
-func (s *Scanner) due(now time.Time) *entry {
-	s.mu.Lock()
-	stale := s.synced.IsZero() || now.Sub(s.synced) >= maxIdle
-	s.mu.Unlock()
+// due syncs the entries with the current volumes and returns the one of
+// export to measure next, nil if there is none. A volume seen for the
+// first time is first measured at a point of the interval its name picks,
+// so a restart doesn't measure every volume at once.
+func (s *Scanner) due(now time.Time, export string) *entry {
 	// At most every maxIdle: with thousands of volumes and a scan every
 	// fraction of a second, listing them for each scan would cost more
 	// than the scans.
+	s.syncMu.Lock()
+	s.mu.Lock()
+	stale := s.synced.IsZero() || now.Sub(s.synced) >= maxIdle
+	s.mu.Unlock()
 	if stale {
 		s.sync(now, s.cfg.Volumes())
 	}
+	s.syncMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var first *entry
 	for _, e := range s.entries {
-		if first == nil || e.next.Before(first.next) {
+		if e.vol.Export == export && (first == nil || e.next.Before(first.next)) {
 			first = e
 		}
 	}
 	return first
 }
 
-// sync makes the entries those of vols.
+// sync makes the entries those of vols on one of cfg.Exports.
 func (s *Scanner) sync(now time.Time, vols []Volume) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	seen := make(map[string]struct{}, len(vols))
 	for _, v := range vols {
+		if _, ok := s.cfg.Exports[v.Export]; !ok {
+			continue
+		}
 		seen[v.PV] = struct{}{}
 		if e, ok := s.entries[v.PV]; ok {
 			e.vol = v
@@ -209,9 +247,9 @@ func (s *Scanner) record(logger klog.Logger, e *entry, tally exportfs.Tally, err
 		s.scans[outcomeError]++
 		s.mu.Unlock()
 		if errors.Is(err, fs.ErrNotExist) {
-			logger.Info("The directory of a volume is missing on the export; its usage is not measured", "PV", e.vol.PV, "directory", e.vol.Dir)
+			logger.Info("The directory of a volume is missing on the export; its usage is not measured", "PV", e.vol.PV, "export", e.vol.Export, "directory", e.vol.Dir)
 		} else {
-			logger.Info("Measuring a volume's usage failed; retried at the next interval", "PV", e.vol.PV, "directory", e.vol.Dir, "err", err.Error())
+			logger.Info("Measuring a volume's usage failed; retried at the next interval", "PV", e.vol.PV, "export", e.vol.Export, "directory", e.vol.Dir, "err", err.Error())
 		}
 		return
 	}
@@ -289,24 +327,29 @@ func (s *Scanner) Scans() map[string]uint64 {
 }
 
 // VolumesOf picks, from pvs, the volumes to measure: Bound NFS PVs that
-// provisioner made (or the incumbent it replaces, under the same name) on
-// server, below exportPath. The directory is the one the PV mounts, from
-// spec.nfs.path. PVs naming the server otherwise are skipped rather than
-// guessed at.
-func VolumesOf(pvs []*v1.PersistentVolume, provisioner, server, exportPath string) []Volume {
+// provisioner made (or the incumbent it replaces, under the same name), each
+// on its export of set (set.Home). The directory is the one the PV mounts,
+// from spec.nfs.path below that export's path. A PV without the export
+// annotation that names the export's server otherwise (compared with
+// exports.NormalServer) is skipped rather than guessed at.
+func VolumesOf(pvs []*v1.PersistentVolume, provisioner string, set *exports.Set) []Volume {
 	var out []Volume
 	for _, pv := range pvs {
 		if pv.Spec.NFS == nil || pv.Status.Phase != v1.VolumeBound || pv.Annotations["pv.kubernetes.io/provisioned-by"] != provisioner {
 			continue
 		}
-		if !strings.EqualFold(strings.TrimSuffix(pv.Spec.NFS.Server, "."), strings.TrimSuffix(server, ".")) {
+		export, ok := set.Home(pv)
+		if !ok {
 			continue
 		}
-		dir, err := volpath.FromNFSPath(exportPath, pv.Spec.NFS.Path)
+		if _, annotated := pv.Annotations[exports.Annotation]; !annotated && exports.NormalServer(pv.Spec.NFS.Server) != exports.NormalServer(export.Server) {
+			continue
+		}
+		dir, err := volpath.FromNFSPath(export.Path, pv.Spec.NFS.Path)
 		if err != nil || dir == "" {
 			continue
 		}
-		v := Volume{PV: pv.Name, Dir: dir}
+		v := Volume{PV: pv.Name, Export: export.Name, Dir: dir}
 		if q, ok := pv.Spec.Capacity[v1.ResourceStorage]; ok {
 			v.CapacityBytes = q.Value()
 		}

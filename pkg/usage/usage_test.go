@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/exportfs"
+	"github.com/kube-nfs/nfs-provisioner/pkg/exports"
 )
 
 // fakeExport answers Scan from a table, counting calls per directory.
@@ -58,7 +60,7 @@ func (f *fakeExport) calls(rel string) int {
 
 type env struct {
 	s      *Scanner
-	export *fakeExport
+	export *fakeExport // the one named "default"
 	clock  *clocktesting.FakeClock
 	events *record.FakeRecorder
 	vols   []Volume
@@ -67,18 +69,29 @@ type env struct {
 const interval = time.Hour
 
 func newEnv(t *testing.T, vols ...Volume) *env {
-	e := &env{export: newFakeExport(), clock: clocktesting.NewFakeClock(time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)), events: record.NewFakeRecorder(10), vols: vols}
-	e.s = New(Config{Export: e.export, Volumes: func() []Volume { return e.vols }, Interval: interval, Recorder: e.events, Clock: e.clock})
+	return newEnvOf(t, map[string]Export{"default": newFakeExport()}, vols...)
+}
+
+// newEnvOf is newEnv with exports of one's own.
+func newEnvOf(t *testing.T, exports map[string]Export, vols ...Volume) *env {
+	e := &env{clock: clocktesting.NewFakeClock(time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)), events: record.NewFakeRecorder(10), vols: vols}
+	e.export, _ = exports["default"].(*fakeExport)
+	e.s = New(Config{Exports: exports, Volumes: func() []Volume { return e.vols }, Interval: interval, Recorder: e.events, Clock: e.clock})
 	return e
 }
 
-// runFor scans whatever becomes due over d, as Run would.
+// runFor scans whatever becomes due over d, as Run's loops would.
 func (e *env) runFor(t *testing.T, d time.Duration) {
 	logger, ctx := ktesting.NewTestContext(t)
 	end := e.clock.Now().Add(d)
 	for {
-		wait := e.s.scanNext(ctx, logger, exportfs.ScanOptions{})
-		if wait == 0 {
+		wait, scanned := time.Duration(1<<62), false
+		for _, name := range e.s.exportNames() {
+			w := e.s.scanNext(ctx, logger, exportfs.ScanOptions{}, name)
+			scanned = scanned || w == 0
+			wait = min(wait, w)
+		}
+		if scanned {
 			continue
 		}
 		if !e.clock.Now().Add(wait).Before(end) {
@@ -90,7 +103,7 @@ func (e *env) runFor(t *testing.T, d time.Duration) {
 }
 
 func vol(name string, capacity int64) Volume {
-	return Volume{PV: "pv-" + name, Namespace: "ns", Claim: name, ClaimUID: "uid-" + name, Dir: "ns-" + name, CapacityBytes: capacity}
+	return Volume{PV: "pv-" + name, Namespace: "ns", Claim: name, ClaimUID: "uid-" + name, Export: "default", Dir: "ns-" + name, CapacityBytes: capacity}
 }
 
 // TestEachVolumeOncePerInterval: after a start that spreads the first scans
@@ -182,9 +195,11 @@ func TestScanErrorsAreCounted(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	t.Parallel()
 	a, b := vol("a", 1<<30), vol("b", 2<<30)
-	e := newEnv(t, a, b)
+	b.Export = "bulk"
+	bulk := newFakeExport()
+	e := newEnvOf(t, map[string]Export{"default": newFakeExport(), "bulk": bulk}, a, b)
 	e.export.set(a.Dir, 4096)
-	e.export.errs[b.Dir] = fs.ErrPermission
+	bulk.errs[b.Dir] = fs.ErrPermission
 	e.runFor(t, interval)
 	scanned := e.s.Samples()
 	var at float64
@@ -200,17 +215,17 @@ nfs_provisioner_usage_scans_total{outcome="error"} 1
 nfs_provisioner_usage_scans_total{outcome="success"} 1
 # HELP nfs_provisioner_volume_capacity_bytes The volume's capacity, from its PersistentVolume; NFS does not enforce it.
 # TYPE nfs_provisioner_volume_capacity_bytes gauge
-nfs_provisioner_volume_capacity_bytes{namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 1.073741824e+09
-nfs_provisioner_volume_capacity_bytes{namespace="ns",persistentvolume="pv-b",persistentvolumeclaim="b"} 2.147483648e+09
+nfs_provisioner_volume_capacity_bytes{export="default",namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 1.073741824e+09
+nfs_provisioner_volume_capacity_bytes{export="bulk",namespace="ns",persistentvolume="pv-b",persistentvolumeclaim="b"} 2.147483648e+09
 # HELP nfs_provisioner_volume_last_scan_timestamp_seconds When the volume's last scan completed, in seconds since the epoch.
 # TYPE nfs_provisioner_volume_last_scan_timestamp_seconds gauge
-nfs_provisioner_volume_last_scan_timestamp_seconds{namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} %g
+nfs_provisioner_volume_last_scan_timestamp_seconds{export="default",namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} %g
 # HELP nfs_provisioner_volume_used_bytes Bytes allocated below the volume's directory at its last scan (du -s), hard-linked files once.
 # TYPE nfs_provisioner_volume_used_bytes gauge
-nfs_provisioner_volume_used_bytes{namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 4096
+nfs_provisioner_volume_used_bytes{export="default",namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 4096
 # HELP nfs_provisioner_volume_used_inodes Files, directories and other entries below the volume's directory at its last scan, the directory included.
 # TYPE nfs_provisioner_volume_used_inodes gauge
-nfs_provisioner_volume_used_inodes{namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 1
+nfs_provisioner_volume_used_inodes{export="default",namespace="ns",persistentvolume="pv-a",persistentvolumeclaim="a"} 1
 `, at)
 	require.NoError(t, testutil.CollectAndCompare(e.s.Collector(), strings.NewReader(want)))
 	problems, err := testutil.CollectAndLint(e.s.Collector())
@@ -225,10 +240,10 @@ func TestScansTheRealExport(t *testing.T) {
 	root := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(root, "ns-a", "sub"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(root, "ns-a", "sub", "f"), make([]byte, 64<<10), 0o644))
-	s := New(Config{Export: exportfs.New(root, 5*time.Second), Volumes: func() []Volume { return []Volume{vol("a", 1)} }})
+	s := New(Config{Exports: map[string]Export{"default": exportfs.New(root, 5*time.Second)}, Volumes: func() []Volume { return []Volume{vol("a", 1)} }})
 	logger, ctx := ktesting.NewTestContext(t)
 	s.cfg.Interval = 0
-	assert.Zero(t, s.scanNext(ctx, logger, exportfs.ScanOptions{}))
+	assert.Zero(t, s.scanNext(ctx, logger, exportfs.ScanOptions{}, "default"))
 	require.Len(t, s.Samples(), 1)
 	smp := s.Samples()[0]
 	assert.Equal(t, uint64(3), smp.Tally.Inodes)
@@ -264,11 +279,13 @@ func TestVolumesOf(t *testing.T) {
 		pv("escape", func(p *v1.PersistentVolume) { p.Spec.NFS.Path = "/srv/nfs/../etc" }),
 		pv("not-nfs", func(p *v1.PersistentVolume) { p.Spec.NFS = nil }),
 	}
-	got := VolumesOf(pvs, "example.com/nfs", "nfs.example.com", "/srv/nfs")
+	set, err := exports.NewSet([]exports.Export{{Name: "default", Server: "nfs.example.com", Path: "/srv/nfs", Dir: "/persistentvolumes"}})
+	require.NoError(t, err)
+	got := VolumesOf(pvs, "example.com/nfs", set)
 	assert.Equal(t, []Volume{
-		{PV: "ours", Namespace: "ns", Claim: "ours", ClaimUID: "uid-ours", Dir: "ns-ours", CapacityBytes: 1 << 30},
-		{PV: "case", Namespace: "ns", Claim: "case", ClaimUID: "uid-case", Dir: "ns-case", CapacityBytes: 1 << 30},
-		{PV: "nested", Namespace: "ns", Claim: "nested", ClaimUID: "uid-nested", Dir: "team/data", CapacityBytes: 1 << 30},
+		{PV: "ours", Namespace: "ns", Claim: "ours", ClaimUID: "uid-ours", Export: "default", Dir: "ns-ours", CapacityBytes: 1 << 30},
+		{PV: "case", Namespace: "ns", Claim: "case", ClaimUID: "uid-case", Export: "default", Dir: "ns-case", CapacityBytes: 1 << 30},
+		{PV: "nested", Namespace: "ns", Claim: "nested", ClaimUID: "uid-nested", Export: "default", Dir: "team/data", CapacityBytes: 1 << 30},
 	}, got)
 }
 
@@ -298,4 +315,125 @@ func TestVolumesListedAtMostEveryMaxIdle(t *testing.T) {
 	}
 	assert.Equal(t, 1000, scans)
 	assert.LessOrEqual(t, listings, int(time.Minute/maxIdle)+1)
+}
+
+// TestEachVolumeOnItsExport: with two exports holding a directory of the
+// same name, each volume is measured on its own export, a failing export
+// doesn't stop the other's scans, and a volume of an export not served is
+// left out.
+func TestEachVolumeOnItsExport(t *testing.T) {
+	t.Parallel()
+	fast, bulk, broken := newFakeExport(), newFakeExport(), newFakeExport()
+	fast.set("ns-x", 100)
+	bulk.set("ns-x", 200)
+	broken.errs["ns-y"] = fmt.Errorf("scan: %w", exportfs.ErrTimeout)
+	onFast, onBulk, onBroken, elsewhere := vol("f", 1<<30), vol("b", 1<<30), vol("y", 1<<30), vol("z", 1<<30)
+	onFast.Export, onFast.Dir = "fast", "ns-x"
+	onBulk.Export, onBulk.Dir = "bulk", "ns-x"
+	onBroken.Export, onBroken.Dir = "broken", "ns-y"
+	elsewhere.Export, elsewhere.Dir = "gone", "ns-x"
+	e := newEnvOf(t, map[string]Export{"fast": fast, "bulk": bulk, "broken": broken}, onFast, onBulk, onBroken, elsewhere)
+	e.runFor(t, 2*interval)
+	assert.Equal(t, 2, fast.calls("ns-x"))
+	assert.Equal(t, 2, bulk.calls("ns-x"))
+	assert.Equal(t, 2, broken.calls("ns-y"))
+	assert.Zero(t, fast.calls("ns-y")+bulk.calls("ns-y")+broken.calls("ns-x"), "no volume scanned on another export")
+	assert.Equal(t, map[string]uint64{"success": 4, "error": 2}, e.s.Scans())
+	got := map[string]uint64{}
+	for _, smp := range e.s.Samples() {
+		got[smp.Export+"/"+smp.PV] = smp.Tally.Bytes
+	}
+	assert.Equal(t, map[string]uint64{"fast/pv-f": 100, "bulk/pv-b": 200, "broken/pv-y": 0}, got, "the volume of export gone is not measured")
+}
+
+// hungExport is an export whose scans never answer.
+type hungExport struct{ calls atomic.Int32 }
+
+func (h *hungExport) Scan(ctx context.Context, _ string, _ exportfs.ScanOptions) (exportfs.Tally, error) {
+	h.calls.Add(1)
+	<-ctx.Done()
+	return exportfs.Tally{}, ctx.Err()
+}
+
+// TestHungExportDoesNotStopTheOthers: Run scans each export in a loop of
+// its own, so a scan blocked in one export (here for good; exportfs gives
+// up after its timeout) doesn't hold up the others'. Run returns once its
+// context ends, the blocked scan included.
+func TestHungExportDoesNotStopTheOthers(t *testing.T) {
+	t.Parallel()
+	hung, ok := &hungExport{}, newFakeExport()
+	var vols []Volume
+	for i := range 4 {
+		h, o := vol(fmt.Sprint("h", i), 1), vol(fmt.Sprint("o", i), 1)
+		h.Export, o.Export = "hung", "ok"
+		vols = append(vols, h, o)
+	}
+	s := New(Config{Exports: map[string]Export{"hung": hung, "ok": ok}, Volumes: func() []Volume { return vols }, Interval: time.Millisecond})
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(ctx)
+	}()
+	require.Eventually(t, func() bool {
+		for i := range 4 {
+			if ok.calls(fmt.Sprint("ns-o", i)) < 5 {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, time.Millisecond, "every volume of the export that answers scanned again and again")
+	assert.Equal(t, int32(1), hung.calls.Load(), "the hung export's loop waits on its one scan")
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	assert.Empty(t, s.Samples())
+}
+
+func TestVolumesOfTwoExports(t *testing.T) {
+	t.Parallel()
+	set, err := exports.NewSet([]exports.Export{
+		{Name: "fast", Server: "10.0.0.1", Path: "/ssd", Dir: "/exports/fast"},
+		{Name: "bulk", Server: "nfs.example.com", Path: "/hdd/k8s", Dir: "/exports/bulk"},
+	})
+	require.NoError(t, err)
+	pv := func(name, export, server, path string) *v1.PersistentVolume {
+		p := &v1.PersistentVolume{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{"pv.kubernetes.io/provisioned-by": "example.com/nfs"}},
+			Spec: v1.PersistentVolumeSpec{
+				PersistentVolumeSource: v1.PersistentVolumeSource{NFS: &v1.NFSVolumeSource{Server: server, Path: path}},
+			},
+			Status: v1.PersistentVolumeStatus{Phase: v1.VolumeBound},
+		}
+		if export != "" {
+			p.Annotations[exports.Annotation] = export
+		}
+		return p
+	}
+	pvs := []*v1.PersistentVolume{
+		pv("fast-annotated", "fast", "10.0.0.1", "/ssd/ns-a"),
+		pv("bulk-annotated", "bulk", "nfs.example.com", "/hdd/k8s/ns-b"),
+		pv("bulk-old", "", "NFS.Example.com.", "/hdd/k8s/ns-c"),
+		pv("fast-old-mapped", "", "::ffff:10.0.0.1", "/ssd/ns-d"),
+		pv("annotated-other-spelling", "fast", "fast.example.com", "/ssd/ns-e"),
+		pv("old-other-server", "", "10.0.0.9", "/ssd/ns-f"),
+		pv("annotated-unknown", "gone", "10.0.0.1", "/ssd/ns-g"),
+		pv("annotated-wrong-path", "fast", "10.0.0.1", "/hdd/k8s/ns-h"),
+		pv("outside-both", "", "10.0.0.1", "/srv/ns-i"),
+	}
+	got := map[string]string{}
+	for _, v := range VolumesOf(pvs, "example.com/nfs", set) {
+		got[v.PV] = v.Export + ":" + v.Dir
+	}
+	assert.Equal(t, map[string]string{
+		"fast-annotated":           "fast:ns-a",
+		"bulk-annotated":           "bulk:ns-b",
+		"bulk-old":                 "bulk:ns-c",
+		"fast-old-mapped":          "fast:ns-d",
+		"annotated-other-spelling": "fast:ns-e",
+	}, got)
 }

@@ -80,6 +80,31 @@ func TestAlertRules(t *testing.T) {
 	}
 	require.NotEmpty(t, defined)
 	assert.ElementsMatch(t, defined, tested, "alerts defined vs alerts with a promtool test")
+
+	// Each alert has a case where it fires and one where it stays quiet.
+	var suite struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string           `json:"alertname"`
+				ExpAlerts []map[string]any `json:"exp_alerts"`
+			} `json:"alert_rule_test"`
+		} `json:"tests"`
+	}
+	require.NoError(t, yaml.Unmarshal(tests, &suite))
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range suite.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	for _, name := range defined {
+		assert.True(t, fires[name], "%s has no case where it fires", name)
+		assert.True(t, quiet[name], "%s has no case where it stays quiet", name)
+	}
 }
 
 // TestMonitoringObjects: the dashboard is valid JSON naming only our
@@ -107,7 +132,7 @@ func TestMonitoringObjects(t *testing.T) {
 	assert.Equal(t, "kps", pr.GetLabels()["release"])
 	rules, err := yaml.Marshal(pr.Object["spec"])
 	require.NoError(t, err)
-	assert.Equal(t, 7, strings.Count(string(rules), "team: storage"), "ruleLabels on every alert")
+	assert.Equal(t, 8, strings.Count(string(rules), "team: storage"), "ruleLabels on every alert")
 	for _, m := range regexp.MustCompile(`\b(nfs_provisioner_[a-z_]+)`).FindAllStringSubmatch(string(rules), -1) {
 		assert.Contains(t, known, m[1], "alert metric")
 	}
@@ -128,4 +153,61 @@ func knownMetrics(t *testing.T) []string {
 		out = append(out, m[1])
 	}
 	return out
+}
+
+// TestDashboardPanels: the panels about exports show one series per export,
+// named in the legend, and honour the export variable; no two panels
+// overlap.
+func TestDashboardPanels(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile(filepath.Join(ChartDir(t), "files", "dashboard.json"))
+	require.NoError(t, err)
+	var dash struct {
+		Templating struct {
+			List []struct {
+				Name string `json:"name"`
+			} `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			ID      int    `json:"id"`
+			Title   string `json:"title"`
+			GridPos struct {
+				X, Y, W, H int
+			} `json:"gridPos"`
+			Targets []struct {
+				Expr         string `json:"expr"`
+				LegendFormat string `json:"legendFormat"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	require.NoError(t, yaml.Unmarshal(raw, &dash))
+	var vars []string
+	for _, v := range dash.Templating.List {
+		vars = append(vars, v.Name)
+	}
+	assert.Contains(t, vars, "export")
+
+	ids := map[int]bool{}
+	exportPanels := 0
+	for i, p := range dash.Panels {
+		assert.False(t, ids[p.ID], "panel id %d twice", p.ID)
+		ids[p.ID] = true
+		for _, q := range dash.Panels[:i] {
+			overlap := p.GridPos.X < q.GridPos.X+q.GridPos.W && q.GridPos.X < p.GridPos.X+p.GridPos.W &&
+				p.GridPos.Y < q.GridPos.Y+q.GridPos.H && q.GridPos.Y < p.GridPos.Y+p.GridPos.H
+			assert.False(t, overlap, "panels %q and %q overlap", p.Title, q.Title)
+		}
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, "nfs_provisioner_export_") {
+				continue
+			}
+			exportPanels++
+			assert.Contains(t, tg.Expr, "by (export)", "panel %q: one series per export", p.Title)
+			assert.Contains(t, tg.LegendFormat, "{{export}}", "panel %q: the export in the legend", p.Title)
+			for _, m := range regexp.MustCompile(`nfs_provisioner_export_[a-z_]+\{[^}]*\}`).FindAllString(tg.Expr, -1) {
+				assert.Contains(t, m, `export=~"$export"`, "panel %q", p.Title)
+			}
+		}
+	}
+	assert.GreaterOrEqual(t, exportPanels, 6)
 }

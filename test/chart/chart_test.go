@@ -66,8 +66,9 @@ func env(c corev1.Container, name string) *corev1.EnvVar {
 func TestLint(t *testing.T) {
 	Helm(t) // skips with -short
 	for name, values := range map[string]string{
-		"defaults":  DefaultValuesFile(t),
-		"incumbent": incumbentValues(t),
+		"defaults":        DefaultValuesFile(t),
+		"incumbent":       incumbentValues(t),
+		"several exports": writeValues(t, severalExportsValues),
 	} {
 		t.Run(name, func(t *testing.T) {
 			stdout, stderr, err := RunHelm(t, "lint", "--strict", ChartDir(t), "--values", values)

@@ -79,7 +79,7 @@ extraEnv:
 `
 
 // TestServerSideDryRun sends every object the chart renders (defaults, the
-// incumbent's values file, every optional object) and every object of deploy/
+// incumbent's values file, every optional object, several exports) and every object of deploy/
 // to a real kube-apiserver as a server-side dry-run apply: schema, defaulting,
 // validation and admission run, nothing is stored. Kinds the API server does
 // not serve (ServiceMonitor without the Prometheus Operator's CRD) are
@@ -112,12 +112,14 @@ func TestServerSideDryRun(t *testing.T) {
 		"chart defaults":        RenderChart(t, ""),
 		"chart incumbent":       RenderChart(t, incumbentValues(t)),
 		"chart every option":    mustRender(t, RenderOptions{Values: []string{DefaultValuesFile(t), everyOption}}),
+		"chart several exports": mustRender(t, RenderOptions{Values: []string{writeValues(t, severalExportsValues)}}),
 		"deploy kustomize base": deployObjects(t),
 	}
 	wantKinds := map[string][]string{
 		"chart defaults":        {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "Deployment", "PodDisruptionBudget", "Service"},
 		"chart incumbent":       {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "Deployment", "PersistentVolume", "PersistentVolumeClaim", "Service"},
 		"chart every option":    {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "StorageClass", "Deployment", "PersistentVolume", "PersistentVolumeClaim", "PodDisruptionBudget", "Service", "ServiceMonitor"},
+		"chart several exports": {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "StorageClass", "StorageClass", "Deployment", "PersistentVolume", "PersistentVolumeClaim", "PodDisruptionBudget", "Service"},
 		"deploy kustomize base": {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "StorageClass", "Deployment", "PodDisruptionBudget", "Service"},
 	}
 	names := make([]string, 0, len(sets))

@@ -131,6 +131,9 @@ type RenderOptions struct {
 	Values    []string // -f files, in order
 	Set       []string // --set key=value, after the files
 	SetString []string // --set-string key=value
+	// SkipSchema renders without values.schema.json, to reach the
+	// templates' own checks with values the schema would stop first.
+	SkipSchema bool
 }
 
 func (o RenderOptions) args(t testing.TB) []string {
@@ -153,6 +156,9 @@ func (o RenderOptions) args(t testing.TB) []string {
 	}
 	for _, s := range o.SetString {
 		args = append(args, "--set-string", s)
+	}
+	if o.SkipSchema {
+		args = append(args, "--skip-schema-validation")
 	}
 	return args
 }

@@ -132,6 +132,46 @@ when nfs.mountOptions is set (an inline nfs volume has no mount options).
 {{- end -}}
 
 {{/*
+The same for an item of `exports` with mountOptions. Takes a dict: root (the
+chart's top-level context), name (the export's name). Not truncated: claim
+and PV names are DNS subdomains (253 characters), and a cut could make two
+exports' names equal.
+*/}}
+{{- define "nfs-provisioner.exportClaimName" -}}
+{{- printf "%s-export-%s" (include "nfs-provisioner.fullname" .root) .name -}}
+{{- end -}}
+{{- define "nfs-provisioner.exportVolumeName" -}}
+{{- printf "%s-%s-export-%s" .root.Release.Namespace (include "nfs-provisioner.fullname" .root) .name -}}
+{{- end -}}
+
+{{/*
+NFS_EXPORTS: the items of `exports` as the binary's --export entries,
+name=<name>,server=<server>,path=<path>,dir=/exports/<name>, joined by ";".
+*/}}
+{{- define "nfs-provisioner.nfsExports" -}}
+{{- $entries := list -}}
+{{- range .Values.exports -}}
+{{- $entries = append $entries (printf "name=%s,server=%s,path=%s,dir=/exports/%s" .name (toString .server) (toString .path) .name) -}}
+{{- end -}}
+{{- join ";" $entries -}}
+{{- end -}}
+
+{{/*
+The mount options of each export, by name, as JSON: "default" (the export of
+nfs.server) has nfs.mountOptions, an item of `exports` its own mountOptions.
+*/}}
+{{- define "nfs-provisioner.exportMountOptions" -}}
+{{- $out := dict -}}
+{{- if .Values.nfs.server -}}
+{{- $_ := set $out "default" (.Values.nfs.mountOptions | default list) -}}
+{{- end -}}
+{{- range .Values.exports -}}
+{{- $_ := set $out (toString .name) (.mountOptions | default list) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
 "true" when a value is given: not null/absent and not the empty string
 (false and 0 are given). Empty otherwise, so it works in `if`.
 */}}
@@ -174,6 +214,22 @@ One StorageClass. Takes a dict:
 {{- $mountOptions := $root.Values.nfs.mountOptions -}}
 {{- if not (kindIs "invalid" $c.mountOptions) -}}
 {{- $mountOptions = $c.mountOptions -}}
+{{- else if $c.exports -}}
+{{- /*
+A class on exports of its own takes their mount options, as the class of
+nfs.server takes nfs.mountOptions: its volumes are mounted from those exports.
+*/ -}}
+{{- $byExport := include "nfs-provisioner.exportMountOptions" $root | fromJson -}}
+{{- $first := "" -}}
+{{- range $i, $e := $c.exports -}}
+{{- $o := get $byExport (toString $e) | default list | toJson -}}
+{{- if eq $i 0 -}}
+{{- $first = $o -}}
+{{- else if ne $o $first -}}
+{{- fail (printf "StorageClass %q spreads over exports with different mountOptions (%s has %s, %s has %s): set mountOptions on the class, which its volumes are mounted with" $c.name (toString (index $c.exports 0)) $first (toString $e) $o) -}}
+{{- end -}}
+{{- end -}}
+{{- $mountOptions = $first | fromJsonArray -}}
 {{- end -}}
 {{- $expand := true -}}
 {{- if kindIs "bool" $c.allowVolumeExpansion -}}
@@ -219,6 +275,20 @@ parameters:
   {{- if include "nfs-provisioner.isSet" $c.allowSharedPath }}
   allowSharedPath: {{ include "nfs-provisioner.boolString" $c.allowSharedPath | quote }}
   {{- end }}
+  {{- with $c.exports }}
+  export: {{ join "," . | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.capacityCheck }}
+  capacityCheck: {{ include "nfs-provisioner.boolString" $c.capacityCheck | quote }}
+  {{- end }}
+  {{- if include "nfs-provisioner.isSet" $c.overcommitRatio }}
+  {{- $ratio := $c.overcommitRatio | toString }}
+  {{- if and (kindIs "float64" $c.overcommitRatio) (contains "e" $ratio) }}
+  {{- /* a YAML number Go would print with an exponent (1e+06): as a decimal */}}
+  {{- $ratio = regexReplaceAll "\\.?0+$" (printf "%f" $c.overcommitRatio) "" }}
+  {{- end }}
+  overcommitRatio: {{ $ratio | quote }}
+  {{- end }}
 {{- with $mountOptions }}
 mountOptions:
   {{- range . }}
@@ -239,6 +309,45 @@ Included by the Deployment, so every render runs them.
 {{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) -}}
 {{- fail (printf "leaderElection.enabled=false with replicaCount=%d: replicas would provision the same claims at once. Set replicaCount to 1 or enable leader election." (int .Values.replicaCount)) -}}
 {{- end -}}
+{{- /*
+The exports: nfs.server's, named "default", and the items of `exports`.
+*/ -}}
+{{- $exports := .Values.exports | default list -}}
+{{- $served := dict -}}
+{{- if .Values.nfs.server -}}
+{{- $_ := set $served "default" true -}}
+{{- else if not $exports -}}
+{{- fail "nfs.server is not set and exports is empty: set nfs.server (and nfs.path) for one export, or list the exports in exports" -}}
+{{- else if .Values.nfs.mountOptions -}}
+{{- fail "nfs.mountOptions is set but nfs.server is not: nfs.mountOptions belong to the export of nfs.server; give each item of exports its own mountOptions" -}}
+{{- end -}}
+{{- range $i, $e := $exports -}}
+{{- $name := toString $e.name -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $name) -}}
+{{- fail (printf "exports[%d].name %q is not a lowercase DNS label (a-z, 0-9 and '-', at most 63 characters, starting and ending with a letter or digit)" $i $name) -}}
+{{- end -}}
+{{- if hasKey $served $name -}}
+{{- if and (eq $name "default") $.Values.nfs.server -}}
+{{- fail (printf "exports[%d] is named \"default\", the name of the export nfs.server and nfs.path declare: rename it, or leave nfs.server unset" $i) -}}
+{{- end -}}
+{{- fail (printf "exports[%d].name %q is used twice (export names must all differ)" $i $name) -}}
+{{- end -}}
+{{- if and $.Values.nfs.server (eq $name (toString $.Values.nfs.volumeName)) -}}
+{{- fail (printf "exports[%d].name %q is nfs.volumeName, the pod volume of the export of nfs.server; an export's pod volume takes the export's name: rename one of them" $i $name) -}}
+{{- end -}}
+{{- $server := $e.server | default "" | toString -}}
+{{- $path := $e.path | default "" | toString -}}
+{{- if not $server -}}
+{{- fail (printf "exports[%d] (%s) has no server" $i $name) -}}
+{{- end -}}
+{{- if not (hasPrefix "/" $path) -}}
+{{- fail (printf "exports[%d] (%s): path %q is not an absolute path" $i $name $path) -}}
+{{- end -}}
+{{- if or (regexMatch "[,;\\s]" $server) (regexMatch "[,;]" $path) -}}
+{{- fail (printf "exports[%d] (%s): server %q or path %q holds a ',', ';' or (server) a space, which NFS_EXPORTS cannot carry" $i $name $server $path) -}}
+{{- end -}}
+{{- $_ := set $served $name true -}}
+{{- end -}}
 {{- $names := dict -}}
 {{- $defaults := list -}}
 {{- $classes := list -}}
@@ -251,6 +360,19 @@ Included by the Deployment, so every render runs them.
 {{- fail (printf "StorageClass name %q is used twice (storageClass.name and extraStorageClasses[].name must all differ)" .name) -}}
 {{- end -}}
 {{- $_ := set $names .name true -}}
+{{- $class := .name -}}
+{{- if .exports -}}
+{{- range .exports -}}
+{{- if not (hasKey $served (toString .)) -}}
+{{- fail (printf "StorageClass %q lists export %q, which is not served: the exports are %s (\"default\" is the export of nfs.server)" $class (toString .) (keys $served | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- end -}}
+{{- else if not (hasKey $served "default") -}}
+{{- fail (printf "StorageClass %q has no exports, so its claims would go to the export \"default\", which only nfs.server declares: list its exports (storageClass.exports or extraStorageClasses[].exports), or set nfs.server" $class) -}}
+{{- end -}}
+{{- if and (include "nfs-provisioner.isSet" .overcommitRatio) (ne (include "nfs-provisioner.boolString" .capacityCheck) "true") -}}
+{{- fail (printf "StorageClass %q sets overcommitRatio without capacityCheck: true; the ratio is only checked together with the capacity check" $class) -}}
+{{- end -}}
 {{- if .defaultClass -}}
 {{- $defaults = append $defaults .name -}}
 {{- end -}}
@@ -263,7 +385,7 @@ A variable given twice in env makes server-side apply (helm 4, Flux,
 kubectl apply --server-side) reject the Deployment ("duplicate entries for
 key"), and client-side apply silently keep the last one.
 */ -}}
-{{- $ownEnv := dict "PROVISIONER_NAME" "set storageClass.provisionerName instead" "NFS_SERVER" "set nfs.server instead" "NFS_PATH" "set nfs.path instead" "ENABLE_LEADER_ELECTION" "set leaderElection.enabled instead" "POD_NAMESPACE" "it holds the pod's namespace, where the Lease lives" "POD_NAME" "it holds the pod's name, the Lease identity" -}}
+{{- $ownEnv := dict "PROVISIONER_NAME" "set storageClass.provisionerName instead" "NFS_SERVER" "set nfs.server instead" "NFS_PATH" "set nfs.path instead" "NFS_EXPORTS" "set exports instead" "ENABLE_LEADER_ELECTION" "set leaderElection.enabled instead" "POD_NAMESPACE" "it holds the pod's namespace, where the Lease lives" "POD_NAME" "it holds the pod's name, the Lease identity" -}}
 {{- if .Values.leaderElection.leaseDuration -}}
 {{- $_ := set $ownEnv "LEADER_ELECT_LEASE_DURATION" "set leaderElection.leaseDuration only" -}}
 {{- end -}}
