@@ -26,9 +26,12 @@ type Candidate struct {
 	// Err is why the figures could not be read (a hung or failing
 	// export); such a candidate is never chosen.
 	Err error
-	// Pending is the bytes requested by claims placed on the export that
-	// its figures can't show yet.
+	// Pending is the bytes requested by claims placed on the export
+	// lately (see Config.Settle), which rank it as if already used.
 	Pending uint64
+	// Unseen is the part of Pending the capacity check counts: claims in
+	// flight and claims placed since the figures were read.
+	Unseen uint64
 	// Committed is the sum of the capacities of the export's PVs and of
 	// the claims in flight to it; read only with an overcommit ratio.
 	Committed uint64
@@ -56,8 +59,8 @@ func IsRefusal(err error) bool {
 
 // Choose returns the index of the candidate a claim requesting request
 // bytes goes to: among those whose figures were read and that pass the
-// check, the one with the most free bytes after Pending; ties go to the
-// earlier one. It fails with a Refusal when every candidate answered and
+// check (free bytes after Unseen), the one with the most free bytes after
+// Pending; ties go to the earlier one. It fails with a Refusal when every candidate answered and
 // none passes, and with a plain error (worth a retry) when none answered or
 // those that answered don't pass.
 func Choose(cands []Candidate, request uint64, chk Check) (int, error) {
@@ -93,10 +96,10 @@ func refusal(c Candidate, request uint64, chk Check) string {
 	if !chk.Capacity {
 		return ""
 	}
-	free := signed(c.Figures.Free) - signed(c.Pending)
+	free := signed(c.Figures.Free) - signed(c.Unseen)
 	if signed(request) > free {
 		return fmt.Sprintf("export %q has %s free (%s, less %s requested by claims being placed), the claim asks %s",
-			c.Name, bytes(uint64(max(free, 0))), bytes(c.Figures.Free), bytes(c.Pending), bytes(request))
+			c.Name, bytes(uint64(max(free, 0))), bytes(c.Figures.Free), bytes(c.Unseen), bytes(request))
 	}
 	if chk.Ratio > 0 {
 		limit := chk.Ratio * float64(c.Figures.Size)

@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -40,10 +41,18 @@ func TestChoose(t *testing.T) {
 			cands:   []Candidate{{Name: "a", Figures: Figures{Free: 50 * mi}}, {Name: "b", Figures: Figures{Free: 40 * mi}}},
 			request: 45 * mi, chk: Check{Capacity: true}, want: 0,
 		},
-		"capacity counts pending": {
-			cands:   []Candidate{{Name: "a", Figures: Figures{Free: 50 * mi}, Pending: 10 * mi}},
+		"capacity counts unseen": {
+			cands:   []Candidate{{Name: "a", Figures: Figures{Free: 50 * mi}, Pending: 10 * mi, Unseen: 10 * mi}},
 			request: 45 * mi, chk: Check{Capacity: true}, want: -1, refusal: true,
 			errText: `no export has room for the claim's 45Mi: export "a" has 40Mi free (50Mi, less 10Mi requested by claims being placed), the claim asks 45Mi`,
+		},
+		"capacity ignores what the figures show": {
+			cands:   []Candidate{{Name: "a", Figures: Figures{Free: 50 * mi}, Pending: 30 * mi, Unseen: 5 * mi}, {Name: "b", Figures: Figures{Free: 30 * mi}}},
+			request: 45 * mi, chk: Check{Capacity: true}, want: 0,
+		},
+		"ranking counts settling claims": {
+			cands: []Candidate{{Name: "a", Figures: Figures{Free: 50 * mi}, Pending: 30 * mi, Unseen: 5 * mi}, {Name: "b", Figures: Figures{Free: 30 * mi}}},
+			want:  1,
 		},
 		"ratio refuses": {
 			cands:   []Candidate{{Name: "a", Figures: Figures{Free: 100 * mi, Size: 100 * mi}, Committed: 140 * mi}},
@@ -135,6 +144,27 @@ func TestBurstSpreads(t *testing.T) {
 	assert.EqualValues(t, 1, b.reads.Load())
 }
 
+// TestTrickleSpreads places a claim every 100 ms, across many readings: a
+// claim counts for Settle whatever the readings say, so they spread as if
+// placed at once.
+func TestTrickleSpreads(t *testing.T) {
+	t.Parallel()
+	clk := clocktesting.NewFakeClock(time.Now())
+	a, b := &fakeExport{free: 100 * mi}, &fakeExport{free: 60 * mi}
+	p := newPlacer(clk, map[string]*fakeExport{"a": a, "b": b}, nil)
+	counts := map[string]int{}
+	for i := range 100 {
+		pv := fmt.Sprint("pv", i)
+		name, err := p.Place(context.Background(), pv, []string{"a", "b"}, mi, Check{})
+		require.NoError(t, err)
+		counts[name]++
+		p.Done(pv)
+		clk.Step(100 * time.Millisecond)
+	}
+	assert.Equal(t, map[string]int{"a": 70, "b": 30}, counts)
+	assert.Greater(t, a.reads.Load(), int32(3), "read afresh every MaxAge")
+}
+
 func TestReadingsAndWhatCounts(t *testing.T) {
 	t.Parallel()
 	clk := clocktesting.NewFakeClock(time.Now())
@@ -156,11 +186,14 @@ func TestReadingsAndWhatCounts(t *testing.T) {
 	assert.EqualValues(t, 1, a.reads.Load(), "one reading within MaxAge")
 
 	clk.Step(DefaultMaxAge)
-	assert.Equal(t, "a", place("pv4"), "a fresh reading shows what pv1 took (nothing): a 10-2 (pv3 in flight), b 9-2 (pv2)")
+	assert.Equal(t, "b", place("pv4"), "pv1 still settles: a 10-2-2, b 9-2")
 	assert.EqualValues(t, 2, a.reads.Load(), "re-read once the reading is MaxAge old")
+	clk.Step(DefaultSettle)
+	assert.Equal(t, "a", place("pv5"), "pv1 settled, pv3 in flight: a 10-2, b 9-2-2")
+	assert.EqualValues(t, 3, a.reads.Load())
 
 	// The ratio counts the PVs' capacities and the claims in flight: 6Mi of
-	// PVs, pv3 and pv4 (pv1 is done: its PV is among the 6Mi).
+	// PVs, pv3 and pv5 (pv1 is done: its PV is among the 6Mi).
 	err := p.CheckGrowth(ctx, "a", 6*mi, Check{Capacity: true, Ratio: 1.5})
 	require.Error(t, err)
 	assert.True(t, IsRefusal(err))
@@ -221,5 +254,8 @@ func TestForgetAndMemory(t *testing.T) {
 			p.Forget(name)
 		}
 	}
-	assert.Empty(t, p.placed, "claims placed without a reading are dropped once done or forgotten")
+	assert.Len(t, p.placed, 500, "forgotten at once, done kept while they settle")
+	clk.Step(DefaultSettle + DefaultMaxAge + time.Second)
+	p.Done("none")
+	assert.Empty(t, p.placed, "settled placements are swept")
 }

@@ -27,13 +27,18 @@ type Config struct {
 	Committed func(export string) (uint64, error)
 	// MaxAge is how long figures are reused; Timeout bounds reading them.
 	MaxAge, Timeout time.Duration
-	Clock           clock.PassiveClock
+	// Settle is how long a placed claim counts against its export's free
+	// bytes, readings or not: a new volume is an empty directory, so the
+	// figures show it only once its pods write.
+	Settle time.Duration
+	Clock  clock.PassiveClock
 }
 
 // Defaults of Config.
 const (
 	DefaultMaxAge  = 2 * time.Second
 	DefaultTimeout = 2 * time.Second
+	DefaultSettle  = 30 * time.Second
 	// placementTTL drops a placement whose PV never showed up (its claim
 	// deleted meanwhile, the PV never saved): in flight no longer.
 	placementTTL = 10 * time.Minute
@@ -47,6 +52,7 @@ type Placer struct {
 	mu      sync.Mutex
 	figures map[string]*figure
 	placed  map[string]placed // by PV name
+	swept   time.Time         // when placed was last swept
 }
 
 // figure is the last reading of one export, or the one in flight.
@@ -58,8 +64,8 @@ type figure struct {
 }
 
 // placed is one claim placed on an export: in flight until its PV shows up
-// (Done), and counted against the export's free bytes until a reading
-// started after it was placed.
+// (Done), and counted against the export's free bytes for Settle after it
+// was placed, and after that until a reading started since.
 type placed struct {
 	export string
 	bytes  uint64
@@ -74,6 +80,9 @@ func New(cfg Config) *Placer {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = DefaultSettle
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
@@ -99,7 +108,7 @@ func (p *Placer) Place(ctx context.Context, pvName string, names []string, reque
 	// Counted afresh under the lock: claims placed while the figures were
 	// read count too.
 	for i := range cands {
-		cands[i].Pending, cands[i].Committed = p.pendingLocked(cands[i].Name, pvName, cands[i].Committed)
+		cands[i].Pending, cands[i].Unseen, cands[i].Committed = p.pendingLocked(cands[i].Name, pvName, cands[i].Committed)
 	}
 	i, err := Choose(cands, request, chk)
 	if err != nil {
@@ -117,7 +126,7 @@ func (p *Placer) CheckGrowth(ctx context.Context, export string, growth uint64, 
 		return err
 	}
 	p.mu.Lock()
-	cands[0].Pending, cands[0].Committed = p.pendingLocked(export, "", cands[0].Committed)
+	cands[0].Pending, cands[0].Unseen, cands[0].Committed = p.pendingLocked(export, "", cands[0].Committed)
 	p.mu.Unlock()
 	if cands[0].Err != nil {
 		return fmt.Errorf("export %q: free space not known: %w", export, cands[0].Err)
@@ -129,22 +138,15 @@ func (p *Placer) CheckGrowth(ctx context.Context, export string, growth uint64, 
 }
 
 // Done marks the PV's claim as no longer in flight: the PV exists, so its
-// capacity is among the export's committed bytes. The placement is dropped
-// once no reading of the export, present or future, can miss it.
+// capacity is among the export's committed bytes.
 func (p *Placer) Done(pvName string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	pl, ok := p.placed[pvName]
-	if !ok {
-		return
+	if pl, ok := p.placed[pvName]; ok {
+		pl.done = true
+		p.placed[pvName] = pl
 	}
-	f := p.figures[pl.export]
-	if f == nil || pl.at.Before(f.at) || p.cfg.Clock.Since(f.at) >= p.cfg.MaxAge {
-		delete(p.placed, pvName)
-		return
-	}
-	pl.done = true
-	p.placed[pvName] = pl
+	p.sweepLocked()
 }
 
 // Forget drops the PV's placement: the attempt failed and left nothing.
@@ -158,33 +160,51 @@ func (p *Placer) record(pvName, export string, request uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.placed[pvName] = placed{export: export, bytes: request, at: p.cfg.Clock.Now()}
+	p.sweepLocked()
 }
 
-// pendingLocked returns the bytes placed on export that its last reading
-// can't show, and committed plus the bytes in flight to it, leaving out
-// the PV being placed again (except). It drops what no longer counts.
-func (p *Placer) pendingLocked(export, except string, committed uint64) (pending, inFlight uint64) {
+// sweepLocked drops, at most once a second, the placements that no longer
+// count: done and settled, or never done within placementTTL (the claim
+// deleted meanwhile, the PV never saved).
+func (p *Placer) sweepLocked() {
 	now := p.cfg.Clock.Now()
+	if now.Sub(p.swept) < time.Second {
+		return
+	}
+	p.swept = now
+	for name, pl := range p.placed {
+		if now.Sub(pl.at) > placementTTL || (pl.done && now.Sub(pl.at) > p.cfg.Settle+p.cfg.MaxAge) {
+			delete(p.placed, name)
+		}
+	}
+}
+
+// pendingLocked returns the bytes placed on export lately (in flight,
+// placed within Settle of its last reading, or since), the part of them
+// that reading can't show (in flight or placed since), and committed plus
+// the bytes in flight to it, leaving out the PV being placed again
+// (except).
+func (p *Placer) pendingLocked(export, except string, committed uint64) (pending, unseen, inFlight uint64) {
 	var readAt time.Time
 	if f := p.figures[export]; f != nil {
 		readAt = f.at
 	}
 	inFlight = committed
 	for name, pl := range p.placed {
-		switch {
-		case now.Sub(pl.at) > placementTTL || (pl.done && !readAt.IsZero() && pl.at.Before(readAt)):
-			if pl.export == export {
-				delete(p.placed, name)
-			}
-		case pl.export != export || name == except:
-		default:
+		if pl.export != export || name == except {
+			continue
+		}
+		if !pl.done {
+			inFlight += pl.bytes
+		}
+		if !pl.done || !pl.at.Before(readAt) {
+			unseen += pl.bytes
+		}
+		if !pl.done || readAt.Sub(pl.at) < p.cfg.Settle {
 			pending += pl.bytes
-			if !pl.done {
-				inFlight += pl.bytes
-			}
 		}
 	}
-	return pending, inFlight
+	return pending, unseen, inFlight
 }
 
 // candidates reads, at once, the figures of every export in names (fresh

@@ -33,7 +33,7 @@ func TestClaimThroughStorageClass(t *testing.T) {
 	code, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
 	assert.Equal(t, 200, code)
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 1`)
+	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 1`)
 	assert.Contains(t, body, "nfs_provisioner_leader 1")
 	assert.Contains(t, body, "nfs_provisioner_export_free_bytes")
 	assert.Contains(t, body, "controller_persistentvolumeclaim_provision_total")

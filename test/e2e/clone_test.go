@@ -130,7 +130,7 @@ func TestCloneCopiesAClaim(t *testing.T) {
 	_, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
 	assert.Regexp(t, `nfs_provisioner_operations_total\{operation="provision",outcome="refused"\} [1-9]`, body)
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 2`)
+	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 2`)
 }
 
 // TestCloneProtectsItsSource: while the copy runs (held here by reads of

@@ -58,10 +58,10 @@ func TestExportUnwritable(t *testing.T) {
 	}
 	_, body, err = p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="error"}`), float64(len(claims)))
-	assert.Equal(t, 0.0, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="refused"}`), "an export failure is not a refusal")
-	assert.Equal(t, 1.0, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"}`))
-	assert.GreaterOrEqual(t, metricValue(t, body, `nfs_provisioner_operations_total{operation="delete",outcome="error"}`), 1.0)
+	assert.GreaterOrEqual(t, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="error"}`), float64(len(claims)))
+	assert.Equal(t, 0.0, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="refused"}`), "an export failure is not a refusal")
+	assert.Equal(t, 1.0, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"}`))
+	assert.GreaterOrEqual(t, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="delete",outcome="error"}`), 1.0)
 	pvs, err := e.client.CoreV1().PersistentVolumes().List(e.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	if assert.Len(t, pvs.Items, 1, "no new PV while the export is unwritable") {
@@ -91,7 +91,7 @@ func TestExportUnwritable(t *testing.T) {
 	assert.Len(t, got, len(dirs), "one directory per claim: %v", got)
 	_, body, err = p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Equal(t, float64(1+len(claims)), metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"}`))
+	assert.Equal(t, float64(1+len(claims)), metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"}`))
 }
 
 // makeImmutable sets the immutable attribute on dir, skipping the test where

@@ -428,7 +428,7 @@ func sampleHung(ctx context.Context, p *framework.ProvisionerProcess, start time
 					s.failed[path]++
 				case path == "/metrics":
 					s.goroutines = max(s.goroutines, int(sample(body, "go_goroutines")))
-					s.blocked = max(s.blocked, int(sample(body, "nfs_provisioner_export_blocked_calls")))
+					s.blocked = max(s.blocked, int(sample(body, `nfs_provisioner_export_blocked_calls{export="default"}`)))
 				}
 			})
 		}()
@@ -554,7 +554,7 @@ func TestFaultExportHung(t *testing.T) {
 	assert.Contains(t, body, "hung or unreachable")
 	_, body, err = e.p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Greater(t, sample(body, "nfs_provisioner_export_hung_seconds"), 60.0, "hung_seconds")
+	assert.Greater(t, sample(body, `nfs_provisioner_export_hung_seconds{export="default"}`), 60.0, "hung_seconds")
 	ev := e.waitEvent(ns, claims[0], "ProvisioningFailed", "hung or unreachable", time.Second)
 	assert.Equal(t, "Warning", ev.Type)
 	t.Logf("Event on %s: %s", claims[0], ev.Message)
@@ -627,7 +627,7 @@ func TestFaultSlowExportBurst(t *testing.T) {
 	e.assertBurstConsistent(ns, n)
 	_, body, err := e.p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Zero(t, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="error"}`), "provisioning attempts that failed")
-	assert.Equal(t, float64(n), metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"}`))
-	assert.Zero(t, metricValue(t, body, "nfs_provisioner_export_hung_seconds"))
+	assert.Zero(t, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="error"}`), "provisioning attempts that failed")
+	assert.Equal(t, float64(n), metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"}`))
+	assert.Zero(t, metricValue(t, body, `nfs_provisioner_export_hung_seconds{export="default"}`))
 }

@@ -162,9 +162,9 @@ func TestHostilePathPattern(t *testing.T) {
 
 	_, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	refused := metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="refused"}`)
+	refused := metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="refused"}`)
 	assert.GreaterOrEqual(t, refused, float64(len(hostile)), "every refusal counted as refused")
-	assert.Equal(t, 0.0, metricValue(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="error"}`), "no refusal counted as an error")
+	assert.Equal(t, 0.0, metricValue(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="error"}`), "no refusal counted as an error")
 }
 
 // snapshotTree maps every path below root (root included, as ".") to its

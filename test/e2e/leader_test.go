@@ -186,7 +186,7 @@ func TestLeaderTerminatedHandsOver(t *testing.T) {
 	e.assertReachable(pv, pv.Annotations[provisioner.AnnDirectory])
 	_, body, err := second.p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 1`, "the new leader provisioned the new claim")
+	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 1`, "the new leader provisioned the new claim")
 	assert.NotContains(t, second.p.Log(), "forbidden")
 }
 
@@ -262,12 +262,12 @@ func TestStandbyServesHealthAndMetrics(t *testing.T) {
 	assert.Equal(t, 200, code)
 	assert.Contains(t, body, "nfs_provisioner_leader 0")
 	assert.Contains(t, body, "nfs_provisioner_export_free_bytes")
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 0`, "the standby provisioned nothing")
+	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 0`, "the standby provisioned nothing")
 
 	_, body, err = replicas[leader].p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
 	assert.Contains(t, body, "nfs_provisioner_leader 1")
-	assert.Contains(t, body, `nfs_provisioner_operations_total{operation="provision",outcome="success"} 1`)
+	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 1`)
 }
 
 // electionReplica is a provisioner process with the identity prefix it

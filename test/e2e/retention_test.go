@@ -44,7 +44,7 @@ func TestArchiveRetention(t *testing.T) {
 	made := time.Now()
 	t.Logf("archived %s", archived[0])
 
-	removed := waitMetric(t, e.ctx, p, "nfs_provisioner_archives_removed_total", func(v float64) bool { return v == 1 })
+	removed := waitMetric(t, e.ctx, p, `nfs_provisioner_archives_removed_total{export="default"}`, func(v float64) bool { return v == 1 })
 	t.Logf("archive removed %v after it was made (retention %v); removed_total %v", time.Since(made).Round(100*time.Millisecond), retention, removed)
 	assert.NoDirExists(t, filepath.Join(e.exportDir, archived[0]))
 	assert.DirExists(t, filepath.Join(e.exportDir, ns+"-live-"+live.Name))
@@ -56,5 +56,5 @@ func TestArchiveRetention(t *testing.T) {
 	}
 	_, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Zero(t, metricValue(t, body, "nfs_provisioner_archives"))
+	assert.Zero(t, metricValue(t, body, `nfs_provisioner_archives{export="default"}`))
 }

@@ -36,7 +36,7 @@ func TestUsageFollowsData(t *testing.T) {
 	_, pv := e.waitBound(ns, "data", 30*time.Second)
 	dir := filepath.Join(e.exportDir, ns+"-data-"+pv.Name)
 	series := func(name string) string {
-		return fmt.Sprintf(`%s{namespace=%q,persistentvolume=%q,persistentvolumeclaim=%q}`, name, ns, pv.Name, "data")
+		return fmt.Sprintf(`%s{export="default",namespace=%q,persistentvolume=%q,persistentvolumeclaim=%q}`, name, ns, pv.Name, "data")
 	}
 	assert.Equal(t, float64(1<<20), waitMetric(t, e.ctx, p, series("nfs_provisioner_volume_capacity_bytes"), func(float64) bool { return true }))
 
