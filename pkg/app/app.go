@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime/debug"
 	"sync"
@@ -61,6 +62,9 @@ func Run(ctx context.Context, o config.Options) error {
 
 	fss, err := mountedExports(ctx, logger, set, o.FSTimeout)
 	if err != nil {
+		return err
+	}
+	if err := distinctExports(ctx, logger, set, fss, o.FSTimeout); err != nil {
 		return err
 	}
 
@@ -320,7 +324,8 @@ func newController(logger klog.Logger, client kubernetes.Interface, events corev
 			var sum uint64
 			for _, pv := range pvs {
 				q := pv.Spec.Capacity[v1.ResourceStorage]
-				sum += uint64(max(q.Value(), 0))
+				// Saturating: a PV claiming exabytes must not wrap the sum.
+				sum += min(uint64(max(q.Value(), 0)), math.MaxUint64-sum)
 			}
 			return sum, err
 		},

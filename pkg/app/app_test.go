@@ -205,3 +205,32 @@ func TestStartsWithOneWritableExport(t *testing.T) {
 	_, err = mountedExports(ctx, klog.FromContext(ctx), set, time.Second)
 	require.ErrorContains(t, err, "NFS export bulk (10.0.0.2:/hdd at "+missing+")")
 }
+
+// TestOneDirectoryDeclaredTwice checks that two exports that are one
+// directory (one server under two addresses), or one inside the other,
+// stop start-up, and that distinct ones don't.
+func TestOneDirectoryDeclaredTwice(t *testing.T) {
+	t.Parallel()
+	_, ctx := ktesting.NewTestContext(t)
+	logger := klog.FromContext(ctx)
+	start := func(list ...exports.Export) error {
+		set, err := exports.NewSet(list)
+		require.NoError(t, err)
+		fss, err := mountedExports(ctx, logger, set, time.Second)
+		require.NoError(t, err)
+		return distinctExports(ctx, logger, set, fss, time.Second)
+	}
+	one := t.TempDir()
+	twice := filepath.Join(t.TempDir(), "twice")
+	require.NoError(t, os.Symlink(one, twice)) // the same directory, mounted twice
+	require.NoError(t, os.Mkdir(filepath.Join(one, "fast"), 0o755))
+	inside := filepath.Join(t.TempDir(), "inside")
+	require.NoError(t, os.Symlink(filepath.Join(one, "fast"), inside))
+
+	err := start(exports.Export{Name: "a", Server: "10.0.0.1", Path: "/vol", Dir: one}, exports.Export{Name: "b", Server: "10.0.0.2", Path: "/vol", Dir: twice})
+	require.ErrorContains(t, err, "are one directory (both hold .nfs-provisioner/export-id")
+	err = start(exports.Export{Name: "a", Server: "10.0.0.1", Path: "/vol", Dir: one}, exports.Export{Name: "b", Server: "10.0.0.2", Path: "/vol/fast", Dir: inside})
+	require.ErrorContains(t, err, `export b (10.0.0.2:/vol/fast at `+inside+`) is directory "fast" of export a`)
+	err = start(exports.Export{Name: "a", Server: "10.0.0.1", Path: "/vol", Dir: t.TempDir()}, exports.Export{Name: "b", Server: "10.0.0.2", Path: "/vol/fast", Dir: t.TempDir()})
+	require.NoError(t, err, "distinct directories")
+}

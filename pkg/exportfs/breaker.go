@@ -42,7 +42,7 @@ type admission struct {
 }
 
 // admit decides whether a call may go to the export now; an error wrapping
-// ErrTimeout says why not.
+// ErrNotSent says why not.
 func (b *breaker) admit(now time.Time, timeout time.Duration, root string) (admission, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -51,7 +51,7 @@ func (b *breaker) admit(now time.Time, timeout time.Duration, root string) (admi
 	}
 	if now.Before(b.nextProbe) || b.probes >= maxProbes {
 		return admission{}, fmt.Errorf("the export %s has not answered for %s (%d calls still blocked in it); calls fail at once until it answers again, the next try is within %s: it may be hung or unreachable, check the NFS server and the mount: %w",
-			root, now.Sub(b.since).Round(time.Second), b.blocked, 2*timeout, ErrTimeout)
+			root, now.Sub(b.since).Round(time.Second), b.blocked, 2*timeout, ErrNotSent)
 	}
 	// The probe may take the whole timeout; then one period passes.
 	b.nextProbe = now.Add(2 * timeout)

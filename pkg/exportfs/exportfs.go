@@ -34,6 +34,10 @@ var (
 	// ErrTimeout means the operation did not finish within the FS timeout,
 	// typically because the NFS export is hung or unreachable.
 	ErrTimeout = errors.New("filesystem operation timed out")
+	// ErrNotSent is the ErrTimeout of a call refused before it reached
+	// the export (it is hung, or an earlier call is still blocked in it):
+	// unlike an abandoned call, it can't change anything later.
+	ErrNotSent = fmt.Errorf("not sent: %w", ErrTimeout)
 )
 
 // maxStuck bounds how many operations of one FS may be running at once
@@ -236,7 +240,7 @@ func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, 
 		case limit <- struct{}{}:
 		default:
 			f.brk.unused(adm)
-			return zero, fmt.Errorf("%s: an earlier call on the provisioner's files is still blocked in the export %s; it may be hung or unreachable, check the NFS server and the mount: %w", what, f.root, ErrTimeout)
+			return zero, fmt.Errorf("%s: an earlier call on the provisioner's files is still blocked in the export %s; it may be hung or unreachable, check the NFS server and the mount: %w", what, f.root, ErrNotSent)
 		}
 	default:
 		select {
@@ -278,7 +282,7 @@ func runOp[T any](ctx context.Context, f *FS, what string, limit chan struct{}, 
 			f.brk.unused(adm)
 			f.brk.trip(start)
 			return zero, fmt.Errorf("%s: %d earlier operations on the export %s are still blocked; the export may be hung or unreachable, check the NFS server and the mount: %w",
-				what, maxStuck, f.root, ErrTimeout)
+				what, maxStuck, f.root, ErrNotSent)
 		}
 	}
 	type result struct {

@@ -1,11 +1,13 @@
 package exportfs
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -117,4 +119,27 @@ func (f *FS) checkWritable() error {
 		return f.changeErr("remove probe file", name, uerr)
 	}
 	return nil
+}
+
+// IDFile holds the export's identity: a random name written once, so that
+// two mounts showing the same file are known to be one directory.
+const IDFile = ".nfs-provisioner/export-id"
+
+// Identity returns the export's identity, writing a new one if it has
+// none.
+func (f *FS) Identity(ctx context.Context) (string, error) {
+	data, err := f.ReadFile(ctx, IDFile)
+	if err == nil && len(bytes.TrimSpace(data)) > 0 {
+		return string(bytes.TrimSpace(data)), nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	var rnd [16]byte
+	_, _ = rand.Read(rnd[:]) // never fails on Linux
+	id := hex.EncodeToString(rnd[:])
+	if err := f.ReplaceFile(ctx, IDFile, []byte(id+"\n")); err != nil {
+		return "", err
+	}
+	return id, nil
 }

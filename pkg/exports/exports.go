@@ -197,8 +197,8 @@ func (s *Set) Names() string {
 
 // On returns the exports pv may be on, from what it mounts: those whose
 // path contains its spec.nfs.path, narrowed, when that leaves several, to
-// the one its export annotation names or else to those whose server it
-// spells alike. Several left mean the PV can't be told apart (one server
+// the one its export annotation names if the PV spells its server alike, or
+// else to those whose server it spells alike. Several left mean the PV can't be told apart (one server
 // under two names): every one of them counts it as a user of the
 // directory, which only refuses a directory that might have been free.
 func (s *Set) On(pv *v1.PersistentVolume) []Export {
@@ -215,15 +215,17 @@ func (s *Set) On(pv *v1.PersistentVolume) []Export {
 	if len(below) <= 1 {
 		return below
 	}
+	server := NormalServer(nfs.Server)
 	if name, ok := pv.Annotations[Annotation]; ok {
+		// Only as we write it: an annotation copied onto a PV of another
+		// server must not hide it from that server's export.
 		for _, e := range below {
-			if e.Name == name {
+			if e.Name == name && NormalServer(e.Server) == server {
 				return []Export{e}
 			}
 		}
 	}
 	var same []Export
-	server := NormalServer(nfs.Server)
 	for _, e := range below {
 		if NormalServer(e.Server) == server {
 			same = append(same, e)

@@ -296,6 +296,19 @@ func (l *Ledger) Of(k Kind) []Record {
 	return out
 }
 
+// Has tells whether a record of kind k for the PV pvName exists, without
+// copying the records.
+func (l *Ledger) Has(k Kind, pvName string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for key := range l.records {
+		if key.kind == k && key.pv == pvName {
+			return true
+		}
+	}
+	return false
+}
+
 // At returns the records of dir itself.
 func (l *Ledger) At(dir string) []Record {
 	l.mu.Lock()

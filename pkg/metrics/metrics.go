@@ -195,14 +195,19 @@ func (c *exportCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.hung, prometheus.GaugeValue, hung)
 	ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.GaugeValue, float64(blocked))
+	// Both reads at once, each with the whole timeout: a slow export must
+	// not read as down because the other read came first, nor a scrape
+	// take twice the timeout.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	readyErr := make(chan error, 1)
+	go func() { readyErr <- c.ready(ctx) }()
+	u, err := c.export.Usage(ctx)
 	ready := 1.0
-	if err := c.ready(ctx); err != nil {
+	if <-readyErr != nil {
 		ready = 0
 	}
 	ch <- prometheus.MustNewConstMetric(c.writable, prometheus.GaugeValue, ready)
-	u, err := c.export.Usage(ctx)
 	if err != nil {
 		c.logger.Error(err, "Reading the export's usage for metrics failed")
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)

@@ -48,5 +48,5 @@ func (f Feasibility) Check(ctx context.Context, pv *v1.PersistentVolume, pvc *v1
 	if growth <= 0 {
 		return nil
 	}
-	return f.Placer.CheckGrowth(ctx, home.Name, uint64(growth), Check{Capacity: true, Ratio: cls.OvercommitRatio})
+	return f.Placer.CheckGrowth(ctx, home.Name, uint64(growth), uint64(newSize.Value()), Check{Capacity: true, Ratio: cls.OvercommitRatio})
 }

@@ -194,12 +194,14 @@ func TestReadingsAndWhatCounts(t *testing.T) {
 
 	// The ratio counts the PVs' capacities and the claims in flight: 6Mi of
 	// PVs, pv3 and pv5 (pv1 is done: its PV is among the 6Mi).
-	err := p.CheckGrowth(ctx, "a", 6*mi, Check{Capacity: true, Ratio: 1.5})
+	err := p.CheckGrowth(ctx, "a", 6*mi, 8*mi, Check{Capacity: true, Ratio: 1.5})
 	require.Error(t, err)
 	assert.True(t, IsRefusal(err))
 	assert.Contains(t, err.Error(), "10Mi committed")
-	require.NoError(t, p.CheckGrowth(ctx, "a", 6*mi, Check{Capacity: true, Ratio: 1.6}))
-	err = p.CheckGrowth(ctx, "a", 7*mi, Check{Capacity: true})
+	require.NoError(t, p.CheckGrowth(ctx, "a", 6*mi, 8*mi, Check{Capacity: true, Ratio: 1.6}))
+	err = p.CheckGrowth(ctx, "a", mi, 11*mi, Check{Capacity: true})
+	require.ErrorContains(t, err, `the volume can't grow to 11Mi: export "a" is only 10Mi`)
+	err = p.CheckGrowth(ctx, "a", 7*mi, 8*mi, Check{Capacity: true})
 	require.ErrorContains(t, err, `export "a" has 6Mi free (10Mi, less 4Mi requested by claims being placed), the claim asks 7Mi`)
 }
 

@@ -115,12 +115,14 @@ func (p *Placer) Place(ctx context.Context, pvName string, names []string, reque
 		return "", err
 	}
 	p.placed[pvName] = placed{export: cands[i].Name, bytes: request, at: p.cfg.Clock.Now()}
+	p.sweepLocked()
 	return cands[i].Name, nil
 }
 
 // CheckGrowth checks that export may take growth bytes more for a volume
-// already on it, as chk asks.
-func (p *Placer) CheckGrowth(ctx context.Context, export string, growth uint64, chk Check) error {
+// already on it, growing to size, as chk asks: no volume may outgrow the
+// export itself, whose free bytes an empty volume's growth never changes.
+func (p *Placer) CheckGrowth(ctx context.Context, export string, growth, size uint64, chk Check) error {
 	cands, err := p.candidates(ctx, []string{export}, chk)
 	if err != nil {
 		return err
@@ -128,10 +130,14 @@ func (p *Placer) CheckGrowth(ctx context.Context, export string, growth uint64, 
 	p.mu.Lock()
 	cands[0].Pending, cands[0].Unseen, cands[0].Committed = p.pendingLocked(export, "", cands[0].Committed)
 	p.mu.Unlock()
-	if cands[0].Err != nil {
-		return fmt.Errorf("export %q: free space not known: %w", export, cands[0].Err)
+	c := cands[0]
+	if c.Err != nil {
+		return fmt.Errorf("export %q: free space not known: %w", export, c.Err)
 	}
-	if why := refusal(cands[0], growth, chk); why != "" {
+	if size > c.Figures.Size {
+		return &Refusal{fmt.Sprintf("the volume can't grow to %s: export %q is only %s", bytes(size), export, bytes(c.Figures.Size))}
+	}
+	if why := refusal(c, growth, chk); why != "" {
 		return &Refusal{fmt.Sprintf("no room to grow the volume by %s: %s", bytes(growth), why)}
 	}
 	return nil

@@ -366,7 +366,7 @@ func (p *Provisioner) undoMade(ctx context.Context, led *ledger.Ledger, vol ledg
 			break
 		}
 	}
-	abandoned := errors.Is(mkErr, exportfs.ErrTimeout) || errors.Is(mkErr, context.Canceled) || errors.Is(mkErr, context.DeadlineExceeded)
+	abandoned := (errors.Is(mkErr, exportfs.ErrTimeout) && !errors.Is(mkErr, exportfs.ErrNotSent)) || errors.Is(mkErr, context.Canceled) || errors.Is(mkErr, context.DeadlineExceeded)
 	if leafGone && intent && !abandoned {
 		drop := vol
 		drop.Drop = true

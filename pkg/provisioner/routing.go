@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -24,18 +25,20 @@ const ledgerWait = 2 * time.Second
 // about to be made, for the PV named pvName: an earlier attempt placed its
 // claim on this export, and the retry must come back here.
 func (p *Provisioner) Recorded(ctx context.Context, pvName string) (bool, error) {
+	if h, ok := p.cfg.Export.(interface{ Hung() (time.Time, int) }); ok {
+		if since, _ := h.Hung(); !since.IsZero() {
+			// Not even waiting for the ledger: another attempt may hold
+			// its lock for a whole --fs-timeout.
+			return false, fmt.Errorf("export %q has not answered since %s", p.cfg.Name, since.UTC().Format(time.RFC3339))
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, ledgerWait)
 	defer cancel()
 	led, err := p.ledger(ctx)
 	if err != nil {
 		return false, err
 	}
-	for _, r := range led.Of(ledger.Volume) {
-		if r.PV == pvName {
-			return true, nil
-		}
-	}
-	return false, nil
+	return led.Has(ledger.Volume, pvName), nil
 }
 
 // OnServer tells whether pv's spec.nfs.server is this export's server

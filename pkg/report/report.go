@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -84,20 +85,30 @@ func Classify(ctx context.Context, in Input) ([]Entry, error) {
 		return nil, fmt.Errorf("export %s is not declared (the exports are %s)", volpath.Quote(in.Name), in.Exports.Names())
 	}
 	vols := map[string]*v1.PersistentVolume{}
-	above := map[string]bool{} // directories holding a volume further down
+	maybe := map[string]*v1.PersistentVolume{} // PVs that may be on this export
+	above := map[string]bool{}                 // directories holding a volume further down
 	for i := range in.PVs {
 		pv := &in.PVs[i]
 		if pv.Spec.NFS == nil {
 			continue
 		}
-		if home, ok := in.Exports.Home(pv); !ok || home.Name != in.Name {
+		home, ok := in.Exports.Home(pv)
+		mine := ok && home.Name == in.Name
+		if !mine && !slices.ContainsFunc(in.Exports.On(pv), func(e exports.Export) bool { return e.Name == in.Name }) {
 			continue
 		}
 		dir, err := volpath.FromNFSPath(export.Path, pv.Spec.NFS.Path)
 		if err != nil || dir == "" {
 			continue
 		}
-		vols[dir] = pv
+		if !mine {
+			// It may be on this export (one server spelled two ways, an
+			// annotation naming an export no longer served): its directory
+			// is no orphan, but its absence isn't missing either.
+			maybe[dir] = pv
+		} else {
+			vols[dir] = pv
+		}
 		for _, a := range volpath.Ancestors(dir) {
 			above[a] = true
 		}
@@ -139,6 +150,10 @@ func Classify(ctx context.Context, in Input) ([]Entry, error) {
 			case vols[rel] != nil:
 				pv := vols[rel]
 				e.State, e.PersistentVolume, e.Claim = Live, pv.Name, claimOf(pv)
+			case maybe[rel] != nil:
+				pv := maybe[rel]
+				e.State, e.PersistentVolume, e.Claim = Live, pv.Name, claimOf(pv)
+				e.Note = "its PersistentVolume may be on another export too (its server or export annotation doesn't tell)"
 			case above[rel] && de.IsDir() && depth < maxDepth:
 				// Only real directories, never a link, are entered.
 				if err := walk(rel, depth+1); err != nil {

@@ -220,3 +220,33 @@ func TestHungListingTimesOut(t *testing.T) {
 	assert.Less(t, time.Since(start), 5*time.Second)
 	assert.Contains(t, err.Error(), `reading ".": no answer within 50ms`)
 }
+
+// TestClassifyUntellablePVs checks that a PV that may be on this export,
+// though its server or export annotation doesn't tell which, keeps its
+// directory from being called an orphan, and that its absence isn't called
+// missing.
+func TestClassifyUntellablePVs(t *testing.T) {
+	t.Parallel()
+	a, b := t.TempDir(), t.TempDir()
+	mkdirs(t, a, "ns-x", "ns-y")
+	set, err := exports.NewSet([]exports.Export{
+		{Name: "a", Server: "10.0.0.1", Path: exportPath, Dir: a},
+		{Name: "b", Server: "10.0.0.2", Path: exportPath, Dir: b},
+	})
+	require.NoError(t, err)
+	x := pv("px", "ns-x")
+	x.Spec.NFS.Server = "nfs-a.example" // either address, in DNS
+	y := pv("py", "ns-y")
+	y.Spec.NFS.Server = "10.0.0.1"
+	y.Annotations = map[string]string{exports.Annotation: "renamed"} // an export no longer served
+	for name, root := range map[string]string{"a": a, "b": b} {
+		got, err := Classify(context.Background(), Input{Exports: set, Name: name, FS: os.DirFS(root).(Export), PVs: []v1.PersistentVolume{x, y}})
+		require.NoError(t, err)
+		assert.Zero(t, Problems(got), "%s: %v", name, got)
+		if name == "a" {
+			require.Len(t, got, 2)
+			assert.Equal(t, Live, got[0].State)
+			assert.Equal(t, Live, got[1].State)
+		}
+	}
+}

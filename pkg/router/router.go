@@ -188,8 +188,9 @@ func (r *Router) settle(opts controller.ProvisionOptions, name string, state con
 		r.record(uid, name)
 	case err == nil:
 		r.forgetClaim(uid)
-	case errors.Is(err, exportfs.ErrTimeout) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		// The call may still create the directory: come back here.
+	case (errors.Is(err, exportfs.ErrTimeout) && !errors.Is(err, exportfs.ErrNotSent)) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		// The call may still create the directory: come back here. One
+		// that never reached the export can't: place it afresh.
 		r.record(uid, name)
 	default:
 		r.forgetClaim(uid)
@@ -226,8 +227,13 @@ func (r *Router) forgetClaim(uid types.UID) {
 func (r *Router) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
 	b, err := r.home(ctx, pv)
 	if err != nil {
-		r.cfg.Metrics.ObserveOperation(metrics.OpDelete, metrics.Refused, metrics.NoExport, 0)
-		klog.FromContext(ctx).Info("Deleting volume failed", "PV", pv.Name, "outcome", metrics.Refused, "reason", err.Error())
+		if errors.As(err, new(refusal)) {
+			r.cfg.Metrics.ObserveOperation(metrics.OpDelete, metrics.Refused, metrics.NoExport, 0)
+			klog.FromContext(ctx).Info("Deleting volume failed", "PV", pv.Name, "outcome", metrics.Refused, "reason", err.Error())
+		} else {
+			r.cfg.Metrics.ObserveOperation(metrics.OpDelete, metrics.Failed, metrics.NoExport, 0)
+			klog.FromContext(ctx).Error(err, "Deleting volume failed", "PV", pv.Name, "outcome", metrics.Failed)
+		}
 		return err
 	}
 	return b.Delete(ctx, pv)

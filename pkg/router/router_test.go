@@ -190,12 +190,14 @@ func TestProvisionRouting(t *testing.T) {
 		assert.Equal(t, []string{"pvc-1", "pvc-big", "pvc-1"}, e.bulk.provided, "back to bulk")
 	})
 	t.Run("a clean failure is placed afresh", func(t *testing.T) {
-		e := newEnv(t)
-		e.bulk.err = errors.New("permission denied")
-		_, _, err := e.r.Provision(ctx, provisionOpts("1", map[string]string{"export": "fast,bulk"}, "1Gi"))
-		require.Error(t, err)
-		_, ok := e.r.stuck("1")
-		assert.False(t, ok)
+		for _, fail := range []error{errors.New("permission denied"), fmt.Errorf("the export has not answered for 1m: %w", exportfs.ErrNotSent)} {
+			e := newEnv(t)
+			e.bulk.err = fail
+			_, _, err := e.r.Provision(ctx, provisionOpts("1", map[string]string{"export": "fast,bulk"}, "1Gi"))
+			require.Error(t, err)
+			_, ok := e.r.stuck("1")
+			assert.False(t, ok, "%v", fail)
+		}
 	})
 	t.Run("the ledger sends a retry back", func(t *testing.T) {
 		e := newEnv(t)

@@ -329,9 +329,9 @@ func (s *Scanner) Scans() map[string]uint64 {
 // VolumesOf picks, from pvs, the volumes to measure: Bound NFS PVs that
 // provisioner made (or the incumbent it replaces, under the same name), each
 // on its export of set (set.Home). The directory is the one the PV mounts,
-// from spec.nfs.path below that export's path. A PV without the export
-// annotation that names the export's server otherwise (compared with
-// exports.NormalServer) is skipped rather than guessed at.
+// from spec.nfs.path below that export's path. A PV that names the export's
+// server otherwise (compared with exports.NormalServer), annotated or not,
+// is skipped rather than guessed at.
 func VolumesOf(pvs []*v1.PersistentVolume, provisioner string, set *exports.Set) []Volume {
 	var out []Volume
 	for _, pv := range pvs {
@@ -342,7 +342,7 @@ func VolumesOf(pvs []*v1.PersistentVolume, provisioner string, set *exports.Set)
 		if !ok {
 			continue
 		}
-		if _, annotated := pv.Annotations[exports.Annotation]; !annotated && exports.NormalServer(pv.Spec.NFS.Server) != exports.NormalServer(export.Server) {
+		if exports.NormalServer(pv.Spec.NFS.Server) != exports.NormalServer(export.Server) {
 			continue
 		}
 		dir, err := volpath.FromNFSPath(export.Path, pv.Spec.NFS.Path)

@@ -434,6 +434,5 @@ func TestVolumesOfTwoExports(t *testing.T) {
 		"bulk-annotated":           "bulk:ns-b",
 		"bulk-old":                 "bulk:ns-c",
 		"fast-old-mapped":          "fast:ns-d",
-		"annotated-other-spelling": "fast:ns-e",
 	}, got)
 }
