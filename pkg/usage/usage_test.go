@@ -430,9 +430,9 @@ func TestVolumesOfTwoExports(t *testing.T) {
 		got[v.PV] = v.Export + ":" + v.Dir
 	}
 	assert.Equal(t, map[string]string{
-		"fast-annotated":           "fast:ns-a",
-		"bulk-annotated":           "bulk:ns-b",
-		"bulk-old":                 "bulk:ns-c",
-		"fast-old-mapped":          "fast:ns-d",
+		"fast-annotated":  "fast:ns-a",
+		"bulk-annotated":  "bulk:ns-b",
+		"bulk-old":        "bulk:ns-c",
+		"fast-old-mapped": "fast:ns-d",
 	}, got)
 }
