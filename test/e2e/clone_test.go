@@ -129,7 +129,7 @@ func TestCloneCopiesAClaim(t *testing.T) {
 
 	_, body, err := p.Get(e.ctx, "/metrics")
 	require.NoError(t, err)
-	assert.Regexp(t, `nfs_provisioner_operations_total\{operation="provision",outcome="refused"\} [1-9]`, body)
+	assert.Regexp(t, `nfs_provisioner_operations_total\{export="default",operation="provision",outcome="refused"\} [1-9]`, body)
 	assert.Contains(t, body, `nfs_provisioner_operations_total{export="default",operation="provision",outcome="success"} 2`)
 }
 

@@ -65,7 +65,9 @@ type exportsEnv struct {
 // and extra flags args.
 func newExportsEnv(t *testing.T, args ...string) *exportsEnv {
 	t.Helper()
-	e := &exportsEnv{env: newEnv(t, envOptions{})}
+	// The PV binder at its default 20 QPS would make binding the slow part
+	// of the bursts.
+	e := &exportsEnv{env: newEnv(t, envOptions{controllerManagerQPS: 1000})}
 	base := t.TempDir()
 	for _, x := range []struct {
 		name, addr string
