@@ -191,6 +191,17 @@ func (r *readiness) check(ctx context.Context) error {
 		go r.run(done)
 	}
 	r.mu.Unlock()
+	if h, ok := r.export.(interface{ Hung() (time.Time, int) }); ok {
+		// Known hung: no waiting. The check started above still runs (as
+		// the export's probe when it is due) and tells when it answers.
+		if since, _ := h.Hung(); !since.IsZero() {
+			select {
+			case <-done:
+			default:
+				return fmt.Errorf("not answering since %s: it may be hung or unreachable, check the NFS server and the mount", since.UTC().Format(time.RFC3339))
+			}
+		}
+	}
 
 	t := time.NewTimer(r.timeout)
 	defer t.Stop()

@@ -199,3 +199,24 @@ func TestReadinessHungExport(t *testing.T) {
 	}
 	assert.EqualValues(t, 1, export.calls.Load(), "one check in flight at a time")
 }
+
+// hungChecker is a countingChecker whose breaker says it is hung.
+type hungChecker struct{ countingChecker }
+
+func (h *hungChecker) Hung() (time.Time, int) { return time.Unix(1700000000, 0), 1 }
+
+// TestReadinessKnownHung checks that an export known to be hung fails the
+// check at once, while the check still runs, so it can tell when the
+// export answers again.
+func TestReadinessKnownHung(t *testing.T) {
+	t.Parallel()
+	export := &hungChecker{countingChecker{release: make(chan struct{})}}
+	r := newReadiness(export, time.Hour, time.Minute)
+	start := time.Now()
+	err := r.check(context.Background())
+	require.ErrorContains(t, err, "not answering since 2023-11-14T22:13:20Z")
+	assert.Less(t, time.Since(start), time.Second, "no waiting for the timeout")
+	close(export.release)
+	require.Eventually(t, func() bool { return r.check(context.Background()) == nil }, 5*time.Second, 10*time.Millisecond, "the check that kept running tells it answers")
+	assert.EqualValues(t, 1, export.calls.Load())
+}

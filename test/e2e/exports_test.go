@@ -28,6 +28,7 @@ import (
 
 	"github.com/kube-nfs/nfs-provisioner/pkg/placement"
 	"github.com/kube-nfs/nfs-provisioner/pkg/provisioner"
+	"github.com/kube-nfs/nfs-provisioner/test/faultfs"
 	"github.com/kube-nfs/nfs-provisioner/test/framework"
 )
 
@@ -57,6 +58,9 @@ type exportsEnv struct {
 	fast, bulk *testExport
 	exports    []*testExport
 	p          *framework.ProvisionerProcess
+	// bulkFaults, when the env was made with a faulty bulk, is the FUSE
+	// loopback of bulk's tmpfs that the provisioner mounts as bulk.
+	bulkFaults *faultfs.FS
 }
 
 // newExportsEnv starts the control plane, mounts the two tmpfs (fast 64 MiB
@@ -64,6 +68,14 @@ type exportsEnv struct {
 // own nfs-ganesha and starts the provisioner with both as --export entries
 // and extra flags args.
 func newExportsEnv(t *testing.T, args ...string) *exportsEnv {
+	t.Helper()
+	return newExportsEnvWith(t, false, args...)
+}
+
+// newExportsEnvWith is newExportsEnv; with faultyBulk the provisioner
+// reaches bulk's tmpfs through a FUSE loopback (bulkFaults), so its calls
+// can be made to hang, while ganesha serves the tmpfs itself.
+func newExportsEnvWith(t *testing.T, faultyBulk bool, args ...string) *exportsEnv {
 	t.Helper()
 	// The PV binder at its default 20 QPS would make binding the slow part
 	// of the bursts.
@@ -82,13 +94,21 @@ func newExportsEnv(t *testing.T, args ...string) *exportsEnv {
 		e.exports = append(e.exports, &testExport{name: x.name, size: x.size, dir: dir, nfs: nfs})
 	}
 	e.fast, e.bulk = e.exports[0], e.exports[1]
+	bulkEntry := e.bulk.nfs.ExportEntry("bulk")
+	if faultyBulk {
+		mnt := e.bulk.dir + "-fuse"
+		require.NoError(t, os.Mkdir(mnt, 0o755))
+		// Before the provisioner: unmounted after it stops.
+		e.bulkFaults = faultfs.Mount(t, e.bulk.dir, faultfs.Options{Dir: mnt})
+		bulkEntry = framework.ExportEntry("bulk", e.bulk.nfs.Server, e.bulk.nfs.ExportPath, mnt)
+	}
 
 	e.procs++
 	id := fmt.Sprintf("provisioner-%d", e.procs)
 	logPath := filepath.Join(e.logDir, id+".log")
 	p, err := framework.StartProvisioner(e.ctx, framework.ProvisionerOptions{
 		Binary: e.bin, Kubeconfig: e.kubeconfig, Name: provisionerName,
-		Exports:   []string{e.fast.nfs.ExportEntry("fast"), e.bulk.nfs.ExportEntry("bulk")},
+		Exports:   []string{e.fast.nfs.ExportEntry("fast"), bulkEntry},
 		Namespace: namespace, Identity: id, Args: args, LogPath: logPath,
 	})
 	require.NoError(t, err)
@@ -503,6 +523,69 @@ func TestExportsOneUnwritable(t *testing.T) {
 	for _, c := range broken {
 		// The library's per-claim back-off (1 s doubling) decides when.
 		_, pv := e.waitBound(ns, c, 90*time.Second)
+		e.assertOnExport(pv, e.bulk)
+	}
+}
+
+// TestExportsOneHung: every call on bulk hangs (FUSE), as on a dead NFS
+// server with a hard mount. Claims of fast, and of a class of both exports,
+// bind on fast; claims of bulk get Warnings; /readyz stays 200 and answers,
+// like /metrics, within the chart's 5 s probe timeout; export_ready and
+// export_hung_seconds tell which export hangs. Once bulk answers again, its
+// claims bind.
+func TestExportsOneHung(t *testing.T) {
+	e := newExportsEnvWith(t, true, "--fs-timeout=5s")
+	const ns = "team-a"
+	e.namespace(ns)
+	e.class("on-fast", map[string]string{"export": "fast", "onDelete": "delete"})
+	e.class("on-bulk", map[string]string{"export": "bulk", "onDelete": "delete"})
+	e.class("spread", map[string]string{"export": "bulk,fast", "onDelete": "delete"})
+	e.claim(ns, "before", "on-bulk", withSize("1Mi"))
+	_, pv := e.waitBound(ns, "before", 30*time.Second)
+	require.Equal(t, "bulk", pv.Annotations[annExport])
+
+	hang := e.bulkFaults.Hang(faultfs.Match{})
+	defer hang.Clear()
+	broken := []string{"broken-1", "broken-2", "broken-3"}
+	healthy := []string{"healthy-1", "healthy-2", "healthy-3"}
+	spread := []string{"spread-1", "spread-2", "spread-3"}
+	for i := range broken {
+		e.claim(ns, broken[i], "on-bulk", withSize("1Mi"))
+		e.claim(ns, healthy[i], "on-fast", withSize("1Mi"))
+		e.claim(ns, spread[i], "spread", withSize("1Mi"))
+	}
+	for _, c := range append(healthy, spread...) {
+		_, pv := e.waitBound(ns, c, 60*time.Second)
+		e.assertOnExport(pv, e.fast)
+	}
+	for _, c := range broken {
+		ev := e.waitEvent(ns, c, "ProvisioningFailed", "hung or unreachable", 60*time.Second)
+		assert.Equal(t, "Warning", ev.Type)
+		t.Logf("Event on %s: %s", c, ev.Message)
+		e.assertNoPVFor(ns, c)
+	}
+	for _, path := range []string{"/readyz", "/metrics"} {
+		start := time.Now()
+		code, body, err := e.p.Get(e.ctx, path)
+		took := time.Since(start)
+		require.NoError(t, err)
+		t.Logf("%s with bulk hung: %d in %v", path, code, took.Round(time.Millisecond))
+		assert.Equal(t, 200, code, "%s: %s", path, body)
+		assert.Less(t, took, time.Second, "%s: the hung export, known as such, is not waited for", path)
+	}
+	e.waitExportReady("bulk", 0)
+	m := e.metrics()
+	assert.Equal(t, 1.0, metricValue(t, m, `nfs_provisioner_export_ready{export="fast"}`))
+	assert.Greater(t, metricValue(t, m, `nfs_provisioner_export_hung_seconds{export="bulk"}`), 0.0)
+	assert.Equal(t, 0.0, metricValue(t, m, `nfs_provisioner_export_hung_seconds{export="fast"}`))
+	assert.Equal(t, float64(len(healthy)+len(spread)), metricValue(t, m, `nfs_provisioner_operations_total{export="fast",operation="provision",outcome="success"}`))
+
+	hang.Clear()
+	e.waitExportReady("bulk", 1)
+	for _, c := range broken {
+		// The breaker's next probe (2 x --fs-timeout) and the library's
+		// per-claim back-off decide when.
+		_, pv := e.waitBound(ns, c, 120*time.Second)
 		e.assertOnExport(pv, e.bulk)
 	}
 }
