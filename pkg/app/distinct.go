@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -69,16 +70,21 @@ func below(outer, inner string) (string, bool) {
 }
 
 // readBounded reads at most 256 bytes of a file within timeout, "" if it
-// can't: a hung mount must not hang start-up.
+// can't: a hung mount must not hang start-up. The directory may be a
+// tenant's volume: a link or FIFO planted as the file is not opened.
 func readBounded(name string, timeout time.Duration) string {
 	got := make(chan string, 1)
 	go func() {
-		f, err := os.Open(name)
+		f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			got <- ""
 			return
 		}
 		defer f.Close()
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			got <- ""
+			return
+		}
 		data, _ := io.ReadAll(io.LimitReader(f, 256))
 		got <- string(bytes.TrimSpace(data))
 	}()
