@@ -14,9 +14,6 @@ import (
 // What a router asks of the provisioner of one export before handing it a
 // claim or a PV.
 
-// Name is the export's name.
-func (p *Provisioner) Name() string { return p.cfg.Name }
-
 // ledgerWait bounds reading the ledger to answer Recorded: a slow export
 // must not hold up placing a claim on another.
 const ledgerWait = 2 * time.Second
